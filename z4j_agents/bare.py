@@ -1,0 +1,82 @@
+"""The public API for emitting events by hand (custom queues, benchmarks).
+
+    from z4j_agents.bare import Agent
+
+    agent = Agent.from_env(engine="custom")      # Z4J_BRAIN_URL, Z4J_TOKEN, ...
+    agent.task("job-1", "received", name="reports.build", args=[42], queue="default")
+    agent.task("job-1", "started", worker="host-1")
+    agent.task("job-1", "succeeded", result={"rows": 10}, runtime=0.42)
+    agent.on_command("ping", lambda args: "pong")
+    agent.stop()
+
+Every call returns at once and never raises into the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from z4j_agents import protocol as p
+from z4j_agents.config import AgentConfig
+from z4j_agents.runtime import AgentRuntime, CommandHandler
+
+log = logging.getLogger("z4j.agent")
+
+__all__ = ["Agent"]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, engine: str = "bare", *, start: bool = True) -> None:
+        self.engine = engine
+        self.runtime = AgentRuntime(config, engines=(engine,), version=_version())
+        if start:
+            self.runtime.start()
+
+    @classmethod
+    def from_env(cls, engine: str = "bare", **overrides: Any) -> Agent:
+        return cls(AgentConfig.from_env(**overrides), engine)
+
+    def task(self, task_id: str, kind: str, *, ts: float | None = None, **fields: Any) -> None:
+        """Record that ``kind`` (sent, received, started, retried, succeeded,
+        failed, revoked, rejected) happened to task ``task_id``."""
+        try:
+            event = p.TaskEvent(
+                id=p.new_id(),
+                task_id=task_id,
+                engine=self.engine,
+                kind=kind,  # type: ignore[arg-type]
+                ts=time.time() if ts is None else ts,
+                **fields,
+            )
+        except Exception:  # noqa: BLE001 - bad fields are the caller's bug, never their crash
+            log.exception("z4j agent: invalid task event for %s", task_id)
+            return
+        self.runtime.emit(event)
+
+    def worker(self, worker: str, kind: str = "heartbeat", **info: Any) -> None:
+        self.runtime.emit(
+            p.WorkerEvent(id=p.new_id(), worker=worker, engine=self.engine, kind=kind, ts=time.time(), info=info or None)  # type: ignore[arg-type]
+        )
+
+    def queue(self, queue: str, depth: int) -> None:
+        self.runtime.emit(p.QueueEvent(id=p.new_id(), queue=queue, engine=self.engine, ts=time.time(), depth=depth))
+
+    def on_command(self, action: str, handler: CommandHandler) -> None:
+        self.runtime.on_command(action, handler)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        return self.runtime.flush(timeout)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        return self.runtime.stop(timeout)
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("z4j")
+    except Exception:  # noqa: BLE001
+        return "0"

@@ -1,0 +1,111 @@
+"""The collector application: a factory plus one plugin."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response, Router, get
+from litestar.config.app import AppConfig
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.plugins import InitPluginProtocol
+
+from z4j_agents.redaction import default_redactor
+from z4j_collector import __version__
+from z4j_collector.api.commands import CommandController
+from z4j_collector.api.fleet import FleetController
+from z4j_collector.api.gateway import agent_gateway
+from z4j_collector.api.schemas import Health
+from z4j_collector.api.stream import project_stream
+from z4j_collector.api.tasks import TaskController
+from z4j_collector.errors import CollectorError, MigrationRequired
+from z4j_collector.guards import requires_permission
+from z4j_collector.services.agents import AgentRegistry
+from z4j_collector.services.commands import CommandService
+from z4j_collector.services.hub import Hub
+from z4j_collector.services.ingest import IngestWriter
+from z4j_collector.settings import Settings
+from z4j_collector.store import make_store, migrate
+
+log = logging.getLogger("z4j.collector")
+
+
+@get("/health", opt={"permission": "public"}, tags=["meta"], summary="Liveness and ingest counters")
+async def health(request: Request) -> Health:
+    state = request.app.state
+    stats = state.writer.stats
+    return Health(
+        status="ok", version=__version__, database=state.store.dialect,
+        ingest={"events": stats.events, "batches": stats.batches, "duplicates": stats.duplicates,
+                "commits": stats.commits, "failures": stats.failures},
+    )
+
+
+def error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, CollectorError):
+        status, code, message = exc.status_code, exc.code, exc.message
+    elif isinstance(exc, HTTPException):
+        status, code = exc.status_code, {400: "invalid_request", 404: "not_found", 405: "method_not_allowed",
+                                         401: "unauthorized", 403: "forbidden"}.get(exc.status_code, "error")
+        message = exc.detail
+        extra = getattr(exc, "extra", None)
+        if status == 400 and extra:
+            message = f"{exc.detail}: {extra}"
+    else:
+        log.exception("unhandled error on %s", request.url.path)
+        status, code, message = 500, "internal", "internal error; see the collector log"
+    return Response({"code": code, "message": message}, status_code=status)
+
+
+class CollectorPlugin(InitPluginProtocol):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def on_app_init(self, app_config: AppConfig) -> AppConfig:
+        app_config.route_handlers.extend(
+            [health, agent_gateway, project_stream, TaskController, FleetController, CommandController]
+        )
+        app_config.guards.append(requires_permission)
+        app_config.exception_handlers[Exception] = error_response
+        app_config.lifespan.append(self.lifespan)
+        app_config.state = State({"settings": self.settings})
+        return app_config
+
+    @asynccontextmanager
+    async def lifespan(self, app: Litestar) -> AsyncGenerator[None, None]:
+        settings = self.settings
+        revision, head = migrate.current(settings.db_url), migrate.head()
+        if revision != head:
+            raise MigrationRequired(
+                f"database is at revision {revision or 'none'}, code needs {head}: run `z4j db upgrade`"
+            )
+        store = make_store(settings.db_url)
+        await store.open()
+        hub = Hub()
+        registry = AgentRegistry()
+        writer = IngestWriter(store, hub, max_batches=settings.ingest_queue_batches)
+        writer.start()
+        app.state.update(
+            store=store, hub=hub, registry=registry, writer=writer,
+            commands=CommandService(store, registry), redactor=default_redactor(),
+        )
+        try:
+            yield
+        finally:
+            await writer.stop()
+            await store.close()
+
+
+def create_app(settings: Settings) -> Litestar:
+    return Litestar(
+        plugins=[CollectorPlugin(settings)],
+        openapi_config=OpenAPIConfig(
+            title="z4j collector", version=__version__, path="/api/v1/schema",
+            # The schema is public documentation; every route still declares it.
+            openapi_router=Router(path="/api/v1/schema", route_handlers=[], opt={"permission": "public"}),
+        ),
+        debug=False,
+    )

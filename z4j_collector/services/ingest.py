@@ -1,0 +1,84 @@
+"""The ingest writer: one task that commits agents' batches, grouped.
+
+Gateways hand batches to :meth:`IngestWriter.submit` and ack the agent only
+when the returned future resolves, i.e. after the commit. Batches that wait
+together are committed in one transaction (group commit), which is what lets
+one writer keep up with many agents. The queue is bounded: when it is full,
+gateways stop reading their sockets and TCP pushes back on the agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from z4j_collector.services.hub import Hub
+from z4j_collector.store.base import IngestItem, IngestOutcome, SqlStore
+
+log = logging.getLogger("z4j.collector.ingest")
+
+
+@dataclass
+class IngestStats:
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    commits: int = 0
+    failures: int = 0
+
+
+class IngestWriter:
+    def __init__(self, store: SqlStore, hub: Hub, max_batches: int = 64, max_group_events: int = 20_000) -> None:
+        self.store = store
+        self.hub = hub
+        self.max_group_events = max_group_events
+        self.queue: asyncio.Queue[tuple[IngestItem, asyncio.Future[IngestOutcome]]] = asyncio.Queue(max_batches)
+        self.stats = IngestStats()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="z4j-ingest-writer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def submit(self, item: IngestItem) -> asyncio.Future[IngestOutcome]:
+        """Queue a batch; the future resolves once it is committed."""
+        future: asyncio.Future[IngestOutcome] = asyncio.get_running_loop().create_future()
+        await self.queue.put((item, future))
+        return future
+
+    async def _run(self) -> None:
+        queue = self.queue
+        while True:
+            group = [await queue.get()]
+            size = len(group[0][0].events)
+            while size < self.max_group_events and not queue.empty():
+                entry = queue.get_nowait()
+                group.append(entry)
+                size += len(entry[0].events)
+            await self._commit(group)
+
+    async def _commit(self, group: list[tuple[IngestItem, asyncio.Future[IngestOutcome]]]) -> None:
+        try:
+            result = await self.store.ingest([item for item, _ in group], self.hub.watched())
+        except Exception as exc:  # noqa: BLE001 - nothing is acked; agents resend
+            self.stats.failures += 1
+            log.error("ingest commit of %d batches failed: %s", len(group), exc)
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        stats = self.stats
+        stats.commits += 1
+        for (_, future), outcome in zip(group, result.outcomes):
+            stats.batches += 1
+            stats.events += outcome.accepted
+            stats.duplicates += outcome.duplicates
+            if not future.done():
+                future.set_result(outcome)
+        self.hub.publish(result)

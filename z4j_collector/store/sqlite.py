@@ -1,0 +1,99 @@
+"""SQLite (embedded default) through aiosqlite: one writer, one reader, WAL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from z4j_collector.errors import StoreError
+from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
+
+T = TypeVar("T")
+_CHUNK = 500  # well under SQLite's bound-parameter limit
+_INSERT_EVENT_SQL = (
+    f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in INSERT_EVENT_COLUMNS)})"
+)
+
+
+class _Tx:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        cur = await self.conn.execute(sql, params)
+        return cur.rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.conn.executemany(sql, rows)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        async with self.conn.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+
+class SqliteStore(SqlStore):
+    dialect = "sqlite"
+
+    def __init__(self, url: str) -> None:
+        self.path = url[len("sqlite:///"):]
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        try:
+            self._writer = await self._connect()
+            self._reader = await self._connect()
+        except Exception as exc:  # noqa: BLE001
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # WAL + NORMAL: durable across process crashes (SIGKILL); the last
+        # commits may roll back on power loss (docs/production.md).
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON"):
+            await conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    async def close(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                await conn.close()
+        self._writer = self._reader = None
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        assert self._reader is not None, "store is not open"
+        async with self._reader.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
+        assert self._writer is not None, "store is not open"
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                result = await fn(_Tx(self._writer))
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            await self._writer.execute("COMMIT")
+            return result
+
+    async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
+        # One writer holds the database (BEGIN IMMEDIATE), so "look, then
+        # insert what is missing" cannot race.
+        ids = [row[0] for row in rows]
+        existing: set[str] = set()
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start:start + _CHUNK]
+            found = await tx.fetchall(
+                f"SELECT id FROM task_events WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
+            )
+            existing.update(r[0] for r in found)
+        new_rows = [row for row in rows if row[0] not in existing] if existing else rows
+        if new_rows:
+            await tx.executemany(_INSERT_EVENT_SQL, new_rows)
+        return {row[0] for row in new_rows}

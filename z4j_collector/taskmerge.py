@@ -1,0 +1,114 @@
+"""How task events fold into the one row per task (no SQL here).
+
+The same rules hold in Python (folding a batch's events per task) and in the
+store's upsert (folding that result into the stored row):
+
+* state moves to the event with the highest (rank, timestamp): a terminal
+  state is never demoted by a late event, and ``lost`` yields to any real
+  terminal state (protocol.state_rank);
+* descriptive fields (name, queue, args, ...) take the newest non-null value;
+* ``created_at`` is the earliest event, ``updated_at`` the latest;
+  ``retries`` only grows; ``redacted`` sticks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from z4j_agents import protocol as p
+
+TASK_COLUMNS = (
+    "project_id", "engine", "task_id", "name", "state", "engine_state", "state_rank", "state_ts",
+    "queue", "worker", "args", "kwargs", "result", "exception", "traceback", "runtime", "retries",
+    "eta", "parent_id", "root_id", "group_id", "chord_id", "redacted", "replay", "created_at",
+    "sent_at", "received_at", "started_at", "finished_at", "updated_at", "agent_id",
+)
+_INDEX = {name: i for i, name in enumerate(TASK_COLUMNS)}
+_COPIED = ("name", "queue", "worker", "exception", "traceback", "runtime", "eta",
+           "parent_id", "root_id", "group_id", "chord_id", "replay")
+_JSON = ("args", "kwargs", "result")
+_TIME_COLUMN = {
+    "sent": "sent_at",
+    "received": "received_at",
+    "started": "started_at",
+    "succeeded": "finished_at",
+    "failed": "finished_at",
+    "revoked": "finished_at",
+    "rejected": "finished_at",
+    "lost": "finished_at",
+}
+_json_encode = msgspec.json.Encoder().encode
+
+# Columns whose upsert rule is not "newest non-null wins".
+STATE_COLUMNS = ("state", "engine_state", "state_rank", "state_ts")
+KEY_COLUMNS = ("project_id", "engine", "task_id")
+
+
+def fold(project_id: int, agent_id: int | None, events: list[p.TaskEvent]) -> list[list[Any]]:
+    """One row per (engine, task_id) from new events, oldest applied first."""
+    rows: dict[tuple[str, str], list[Any]] = {}
+    for ev in sorted(events, key=_by_ts):
+        key = (ev.engine, ev.task_id)
+        row = rows.get(key)
+        state = p.KIND_TO_STATE[ev.kind]
+        rank = p.state_rank(state)
+        if row is None:
+            row = [None] * len(TASK_COLUMNS)
+            row[0], row[1], row[2] = project_id, ev.engine, ev.task_id
+            row[_INDEX["state_rank"]] = -1
+            row[_INDEX["created_at"]] = ev.ts
+            row[_INDEX["updated_at"]] = ev.ts
+            row[_INDEX["redacted"]] = False
+            row[_INDEX["agent_id"]] = agent_id
+            rows[key] = row
+        if (rank, ev.ts) >= (row[_INDEX["state_rank"]], row[_INDEX["state_ts"]] or 0.0):
+            row[_INDEX["state"]] = state
+            row[_INDEX["state_rank"]] = rank
+            row[_INDEX["state_ts"]] = ev.ts
+            row[_INDEX["engine_state"]] = ev.engine_state or state.upper()
+        for name in _COPIED:
+            value = getattr(ev, name)
+            if value is not None:
+                row[_INDEX[name]] = value
+        for name in _JSON:
+            value = getattr(ev, name)
+            if value is not None:
+                row[_INDEX[name]] = _json_encode(value).decode()
+        if ev.retries is not None and (row[_INDEX["retries"]] or 0) <= ev.retries:
+            row[_INDEX["retries"]] = ev.retries
+        row[_INDEX[_TIME_COLUMN[ev.kind]]] = ev.ts
+        row[_INDEX["updated_at"]] = ev.ts
+        row[_INDEX["redacted"]] = row[_INDEX["redacted"]] or ev.redacted
+    return list(rows.values())
+
+
+def _by_ts(ev: p.TaskEvent) -> float:
+    return ev.ts
+
+
+
+
+def merge_rows(old: list[Any], new: list[Any]) -> list[Any]:
+    """Fold row ``new`` into row ``old`` exactly as the store's upsert does."""
+    out = list(old)
+    i = _INDEX
+    newer = (new[i["state_rank"]], new[i["state_ts"]]) >= (old[i["state_rank"]], old[i["state_ts"]])
+    for name in TASK_COLUMNS:
+        k = i[name]
+        if name in KEY_COLUMNS:
+            continue
+        if name in STATE_COLUMNS:
+            out[k] = new[k] if newer else old[k]
+        elif name == "created_at":
+            out[k] = min(old[k], new[k])
+        elif name == "updated_at":
+            out[k] = max(old[k], new[k])
+        elif name == "retries":
+            out[k] = max((v for v in (old[k], new[k]) if v is not None), default=None)
+        elif name == "redacted":
+            out[k] = bool(old[k] or new[k])
+        elif new[k] is not None:
+            out[k] = new[k]
+    return out
