@@ -78,7 +78,9 @@ def fold(project_id: int, agent_id: int | None, events: list[p.TaskEvent]) -> li
                 row[_INDEX[name]] = _json_encode(value).decode()
         if ev.retries is not None and (row[_INDEX["retries"]] or 0) <= ev.retries:
             row[_INDEX["retries"]] = ev.retries
-        row[_INDEX[_TIME_COLUMN[ev.kind]]] = ev.ts
+        time_column = _TIME_COLUMN.get(ev.kind)  # "retried" has no time column of its own
+        if time_column is not None:
+            row[_INDEX[time_column]] = ev.ts
         row[_INDEX["updated_at"]] = ev.ts
         row[_INDEX["redacted"]] = row[_INDEX["redacted"]] or ev.redacted
     return list(rows.values())

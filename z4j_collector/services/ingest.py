@@ -67,8 +67,13 @@ class IngestWriter:
         try:
             result = await self.store.ingest([item for item, _ in group], self.hub.watched())
         except Exception as exc:  # noqa: BLE001 - nothing is acked; agents resend
+            if len(group) > 1:
+                # One bad batch must not hold back the others: commit alone.
+                for entry in group:
+                    await self._commit([entry])
+                return
             self.stats.failures += 1
-            log.error("ingest commit of %d batches failed: %s", len(group), exc)
+            log.error("ingest commit failed: %s", exc)
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)

@@ -305,7 +305,9 @@ class SqlStore:
                     key = (item.project_id, ev.engine, ev.worker)
                     state = "offline" if ev.kind == "offline" else "online"
                     info = _json_encode(ev.info).decode() if ev.info is not None else None
-                    if key not in latest or latest[key][4] <= ev.ts:
+                    prior = latest.get(key)
+                    if prior is None or prior[4] <= ev.ts:
+                        info = info if info is not None or prior is None else prior[6]
                         latest[key] = (item.project_id, ev.engine, ev.worker, state, ev.ts, ev.ts, info, item.agent_id)
         if not latest:
             return []

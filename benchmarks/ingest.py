@@ -1,0 +1,206 @@
+"""Ingest benchmark: events/s persisted and acked, and commit lag.
+
+A real collector process (``z4j serve``) on SQLite and on PostgreSQL (a
+private, durable server started here), agent-runtime senders in their own
+processes over real WebSockets, and the identical Celery-format event stream
+fed to Celery's ``celery.events.state.State`` and Flower's ``EventsState``
+(the in-memory peers) for comparison.
+
+    python benchmarks/ingest.py                 # table
+    python benchmarks/ingest.py --json          # one JSON object
+    python benchmarks/ingest.py --events 100000 --runs 3 --senders 1
+
+events/s: all events emitted, committed and acked, divided by the time from
+the first emit to the last ack. Commit lag: for each event, the collector's
+commit time minus the time the agent emitted it (both on this machine's
+clock), read back from the task_events table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+
+import peers  # noqa: E402
+import workload  # noqa: E402
+
+from tests.support.collector import Collector  # noqa: E402
+from tests.support.servers import PostgresServer  # noqa: E402
+
+KIND = {
+    "task-sent": "sent", "task-received": "received", "task-started": "started", "task-succeeded": "succeeded",
+    "task-failed": "failed", "task-retried": "retried", "task-revoked": "revoked", "task-rejected": "rejected",
+}
+
+
+def to_z4j(events: list[dict]) -> list[tuple]:
+    """Celery event dicts -> (kind, fields) ready for the bare agent API.
+
+    Celery ships args/kwargs as repr strings; a z4j agent captures the real
+    values, so the benchmark sends the parsed structures, as an agent would.
+    """
+    import ast
+
+    out = []
+    for ev in events:
+        kind = KIND.get(ev["type"])
+        if kind is None:
+            out.append(("worker", ev["hostname"], {"active": ev.get("active"), "processed": ev.get("processed")}))
+            continue
+        fields: dict = {"worker": ev.get("hostname")}
+        if kind == "received":
+            fields.update(name=ev["name"], args=_literal(ast, ev["args"]), kwargs=_literal(ast, ev["kwargs"]),
+                          retries=ev.get("retries"), parent_id=ev.get("parent_id"), root_id=ev.get("root_id"),
+                          queue="celery")
+        elif kind == "succeeded":
+            fields.update(result=_literal(ast, ev.get("result")), runtime=ev.get("runtime"))
+        elif kind in ("failed", "retried"):
+            fields.update(exception=ev.get("exception"), traceback=ev.get("traceback"))
+        out.append(("task", ev["uuid"], kind, {k: v for k, v in fields.items() if v is not None}))
+    return out
+
+
+def _literal(ast, text):
+    try:
+        return ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError):
+        return text
+
+
+def sender(env: dict, items: list[tuple], start: mp.Event, done: mp.Queue, high_water: int) -> None:
+    os.environ.update(env)
+    from z4j_agents.bare import Agent
+
+    agent = Agent.from_env(engine="celery")
+    agent.runtime.connected.wait(30)
+    start.wait()
+    t0 = time.time()
+    runtime = agent.runtime
+    for n, item in enumerate(items):
+        if item[0] == "task":
+            agent.task(item[1], item[2], **item[3])
+        else:
+            agent.worker(item[1], "heartbeat", **item[2])
+        if n % 256 == 0:
+            # Offer load as fast as the collector takes it, without overflowing
+            # the agent's buffer (an overflow would be counted, not measured).
+            while len(runtime._queue) > high_water:
+                time.sleep(0.001)
+    ok = agent.flush(600)
+    t1 = time.time()
+    done.put((t0, t1, ok, runtime.dropped))
+    agent.stop()
+
+
+def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path) -> dict:
+    collector = Collector(db_url, workdir).start()
+    try:
+        ctx = mp.get_context("fork")
+        start, done = ctx.Event(), ctx.Queue()
+        procs = []
+        for i in range(senders):
+            creds = collector.create_agent(f"bench-{i}")
+            env = collector.agent_env(creds)
+            procs.append(ctx.Process(target=sender, args=(env, items[i::senders], start, done, 20_000)))
+        for proc in procs:
+            proc.start()
+        time.sleep(2.0)  # let every sender connect before the clock starts
+        start.set()
+        results = [done.get(timeout=900) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        if not all(ok for *_, ok, _ in results) or any(dropped for *_, dropped in results):
+            raise RuntimeError(f"a sender did not deliver everything: {results}")
+        elapsed = max(r[1] for r in results) - min(r[0] for r in results)
+        task_events = sum(1 for item in items if item[0] == "task")
+        lags = asyncio.run(_lags(db_url))
+        if len(lags) != task_events:
+            raise RuntimeError(f"stored {len(lags)} task events, sent {task_events}")
+    finally:
+        collector.stop()
+    lags.sort()
+    return {
+        "events_per_s": len(items) / elapsed,
+        "lag_p50_ms": lags[len(lags) // 2] * 1000,
+        "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
+    }
+
+
+async def _lags(db_url: str) -> list[float]:
+    from z4j_collector.store import make_store
+
+    store = make_store(db_url)
+    await store.open()
+    try:
+        return [row[0] for row in await store.fetchall("SELECT ingested_at - ts FROM task_events")]
+    finally:
+        await store.close()
+
+
+def measure(kind: str, items: list[tuple], runs: int, senders: int) -> dict:
+    results = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="z4j-bench-") as tmp:
+            workdir = Path(tmp)
+            if kind == "sqlite":
+                results.append(run_once(f"sqlite:///{workdir}/z4j.db", items, senders, workdir))
+            else:
+                with PostgresServer(durable=True) as pg:
+                    results.append(run_once(pg.create_database("bench"), items, senders, workdir))
+        print(f"  {kind}: {results[-1]['events_per_s']:,.0f} events/s", file=sys.stderr)
+    return {
+        "events_per_s": statistics.median(r["events_per_s"] for r in results),
+        "lag_p50_ms": statistics.median(r["lag_p50_ms"] for r in results),
+        "lag_p99_ms": statistics.median(r["lag_p99_ms"] for r in results),
+        "runs": [round(r["events_per_s"]) for r in results],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--senders", type=int, default=1)
+    parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    stream = workload.generate(args.events)
+    items = to_z4j(stream)
+    out: dict = {}
+    for kind in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
+        print(f"z4j on {kind}: {args.events:,} events, {args.senders} sender(s), {args.runs} runs", file=sys.stderr)
+        out[kind] = measure(kind, items, args.runs, args.senders)
+    print("peers on the identical stream", file=sys.stderr)
+    out["celery_state"] = peers.celery_state_rate(stream, repeat=args.runs)
+    out["flower_state"] = peers.flower_state_rate(stream, repeat=args.runs)
+    for kind in ("sqlite", "postgres"):
+        if kind in out:
+            out[kind]["vs_celery_state"] = round(out[kind]["events_per_s"] / out["celery_state"]["events_per_s"], 2)
+            out[kind]["vs_flower_state"] = round(out[kind]["events_per_s"] / out["flower_state"]["events_per_s"], 2)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    print(f"{'':16}{'events/s':>12}{'lag p50 ms':>12}{'lag p99 ms':>12}{'runs':>28}")
+    for kind in ("sqlite", "postgres"):
+        if kind in out:
+            r = out[kind]
+            print(f"{'z4j ' + kind:16}{r['events_per_s']:>12,.0f}{r['lag_p50_ms']:>12.1f}{r['lag_p99_ms']:>12.1f}"
+                  f"{str(r['runs']):>28}")
+    for kind, label in (("celery_state", "Celery State"), ("flower_state", "Flower state")):
+        print(f"{label:16}{out[kind]['events_per_s']:>12,.0f}{'(in memory)':>24}")
+
+
+if __name__ == "__main__":
+    main()

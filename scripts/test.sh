@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The one command that installs everything on a fresh Debian machine and runs
+# the whole test suite:   bash scripts/test.sh [PYTEST_ARGS...]
+#
+# Test families: the engines' client libraries cannot share one environment
+# (see [tool.uv] conflicts in pyproject.toml), so each family gets its own uv
+# environment and its own tests:
+#   main        .venv          everything except tests/engines/
+#   <name>      .venvs/<name>  tests/engines/<name>/ only
+# PYTEST_ARGS go to every family. Paths among them pick families: a path under
+# tests/engines/<name>/ runs in <name>, any other path in main; a family none
+# of the paths belong to is skipped. (An argument counts as a path when it
+# does not start with "-" and names an existing file or folder.)
+# Z4J_FAMILIES="main arq" limits the run to the named families.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then SUDO=(sudo); fi
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# ------------------------------------------------------------------ tools
+if ! command -v uv >/dev/null 2>&1; then
+    echo "== installing uv"
+    if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
+    # Debian 12 marks its Python as externally managed (PEP 668).
+    python3 -m pip install --quiet uv \
+        || python3 -m pip install --quiet --break-system-packages uv
+    hash -r
+    if ! command -v uv >/dev/null 2>&1; then
+        PATH="$(python3 -m site --user-base)/bin:$PATH"
+    fi
+    command -v uv >/dev/null 2>&1 || { echo "uv installed but not on PATH" >&2; exit 1; }
+fi
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redis-server"
+    apt_install redis-server
+fi
+
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; then
+    echo "== installing postgresql"
+    apt_install postgresql
+fi
+
+export UV_PYTHON_DOWNLOADS=never
+PYTHON=python3.11
+
+# ----------------------------------------------------------- path routing
+OPTS=()
+PATHS=()
+for arg in "$@"; do
+    if [[ $arg != -* && -e ${arg%%::*} ]]; then PATHS+=("$arg"); else OPTS+=("$arg"); fi
+done
+
+family_wanted() {
+    [ -z "${Z4J_FAMILIES:-}" ] && return 0
+    [[ " ${Z4J_FAMILIES//,/ } " == *" $1 "* ]]
+}
+
+# Prints the PATHS that belong to family $1, one per line.
+family_paths() {
+    local name=$1 p rel
+    for p in ${PATHS[@]+"${PATHS[@]}"}; do
+        rel=$(realpath -m --relative-to="$ROOT" "${p%%::*}")
+        if [ "$name" = main ]; then
+            [[ $rel == tests/engines || $rel == tests/engines/* ]] || printf '%s\n' "$p"
+        else
+            [[ $rel == "tests/engines/$name" || $rel == "tests/engines/$name/"* ]] && printf '%s\n' "$p"
+        fi
+    done
+    return 0
+}
+
+FAILED=()
+
+# run_family NAME EXTRAS... -- PYTEST_ARGS...
+#   EXTRAS: an optional-dependency name each (-> uv sync --extra NAME); words
+#   starting with "-" go to uv sync verbatim (e.g. --group=dev).
+#   PYTEST_ARGS: the family's own pytest arguments; the user's go after them.
+run_family() {
+    local name=$1; shift
+    local sync_args=() pytest_args=() targets=() env_dir header rc
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        if [[ $1 == -* ]]; then sync_args+=("$1"); else sync_args+=(--extra "$1"); fi
+        shift
+    done
+    [ $# -gt 0 ] && shift
+    pytest_args=("$@")
+
+    family_wanted "$name" || return 0
+    if [ "$name" = main ]; then env_dir=.venv; else env_dir=.venvs/$name; fi
+    header="=== tests: family $name ($env_dir)"
+
+    if [ ${#PATHS[@]} -gt 0 ]; then
+        mapfile -t targets < <(family_paths "$name")
+        if [ ${#targets[@]} -eq 0 ]; then
+            echo "$header: skipped (no selected paths)"
+            return 0
+        fi
+    elif [ "$name" != main ]; then
+        if [ ! -d "tests/engines/$name" ]; then
+            echo "$header: skipped (no tests/engines/$name)"
+            return 0
+        fi
+        targets=("tests/engines/$name")
+    fi
+    echo "$header"
+
+    rc=0
+    UV_PROJECT_ENVIRONMENT=$env_dir uv sync --frozen --python "$PYTHON" "${sync_args[@]}" || rc=$?
+    if [ $rc -ne 0 ]; then
+        echo "=== family $name: uv sync failed (exit $rc)"
+        FAILED+=("$name")
+        return 0
+    fi
+    UV_PROJECT_ENVIRONMENT=$env_dir uv run --frozen --no-sync python -m pytest \
+        -n 2 -q -p no:cacheprovider ${pytest_args[@]+"${pytest_args[@]}"} \
+        ${OPTS[@]+"${OPTS[@]}"} ${targets[@]+"${targets[@]}"} || rc=$?
+    if [ $rc -eq 5 ] && [ "$name" != main ]; then
+        echo "=== family $name: no tests collected"
+        rc=0
+    fi
+    if [ $rc -ne 0 ]; then
+        echo "=== family $name: FAILED (pytest exit $rc)"
+        FAILED+=("$name")
+    fi
+    return 0
+}
+
+# --------------------------------------------------------------- families
+run_family main all celery --group=dev --group=bench -- --ignore=tests/engines
+
+# Engine families whose libraries conflict with the main environment get their
+# own environment once they have tests under tests/engines/<name>/, e.g.:
+# run_family arq    arq collector --group=dev --
+# run_family taskiq taskiq collector --group=dev --
+
+if [ ${#FAILED[@]} -gt 0 ]; then
+    echo "=== FAILED families: ${FAILED[*]}"
+    exit 1
+fi
+echo "=== all test families passed"

@@ -1,0 +1,164 @@
+"""The store on both databases: ingest, dedupe, state precedence, filters."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from z4j_agents import protocol as p
+from z4j_collector.store import make_store, migrate
+from z4j_collector.store.base import IngestItem, TaskQuery
+
+
+@pytest.fixture
+async def store(db_url):
+    migrate.upgrade(db_url)
+    s = make_store(db_url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def ev(task_id: str, kind: str, ts: float, **fields) -> p.TaskEvent:
+    return p.TaskEvent(id=p.new_id(), task_id=task_id, engine=fields.pop("engine", "bare"), kind=kind, ts=ts, **fields)
+
+
+async def ingest(store, *events):
+    agent = await store.create_agent(1, p.new_id(), p.new_id(), b"k" * 32)
+    return await store.ingest([IngestItem(1, agent, list(events))])
+
+
+async def test_migration_creates_default_project_and_is_at_head(db_url):
+    assert migrate.current(db_url) is None or migrate.current(db_url) != migrate.head()
+    migrate.upgrade(db_url)
+    assert migrate.current(db_url) == migrate.head()
+    migrate.upgrade(db_url)  # idempotent
+    s = make_store(db_url)
+    await s.open()
+    try:
+        assert [pr["slug"] for pr in await s.list_projects()] == ["default"]
+    finally:
+        await s.close()
+
+
+async def test_every_kind_moves_the_task(store):
+    t = time.time()
+    await ingest(store,
+           ev("a", "sent", t, name="n", queue="q"), ev("a", "received", t + 1), ev("a", "started", t + 2),
+           ev("a", "retried", t + 3, exception="E()"), ev("a", "received", t + 4), ev("a", "started", t + 5),
+           ev("a", "succeeded", t + 6, runtime=0.5, result=[1]),
+           ev("b", "revoked", t), ev("c", "rejected", t), ev("d", "lost", t), ev("e", "failed", t, exception="X"))
+    states = {r["task_id"]: r["state"] for r in (await store.list_tasks(1, TaskQuery(), 50))}
+    assert states == {"a": "success", "b": "revoked", "c": "rejected", "d": "lost", "e": "failure"}
+    a = (await store.get_task(1, "a"))
+    assert (a["sent_at"], a["finished_at"], a["runtime"], a["result"]) == (t, t + 6, 0.5, [1])
+    assert a["created_at"] == t and a["updated_at"] == t + 6
+    assert [e["kind"] for e in (await store.task_events(1, "bare", "a"))] == [
+        "sent", "received", "started", "retried", "received", "started", "succeeded"]
+
+
+async def test_duplicates_are_dropped_by_event_id(store):
+    t = time.time()
+    events = [ev("x", "received", t), ev("x", "succeeded", t + 1)]
+    first = await ingest(store, *events)
+    again = await ingest(store, *events, ev("y", "received", t))
+    assert (first.outcomes[0].accepted, first.outcomes[0].duplicates) == (2, 0)
+    assert (again.outcomes[0].accepted, again.outcomes[0].duplicates) == (1, 2)
+    assert (await store.status_counts())["task_events"] == 3
+
+
+async def test_same_event_in_two_batches_of_one_commit(store):
+    t = time.time()
+    e = ev("z", "received", t)
+
+    agent = await store.create_agent(1, "dup", "h" * 64, b"k" * 32)
+    result = await store.ingest([IngestItem(1, agent, [e]), IngestItem(1, agent, [e, ev("z", "started", t + 1)])])
+    assert [(o.accepted, o.duplicates) for o in result.outcomes] == [(1, 0), (1, 1)]
+    assert (await store.get_task(1, "z"))["state"] == "started"
+
+
+async def test_terminal_state_is_never_demoted_by_late_events(store):
+    t = time.time()
+    await ingest(store, ev("s", "succeeded", t + 10))
+    await ingest(store, ev("s", "started", t + 5))            # older, late
+    await ingest(store, ev("s", "started", t + 20))           # newer, still not terminal
+    await ingest(store, ev("s", "received", t + 1, name="late.name", args=[1]))
+    task = (await store.get_task(1, "s"))
+    assert task["state"] == "success"
+    assert task["name"] == "late.name" and task["args"] == [1]  # fields still fill in
+    assert task["created_at"] == t + 1
+
+
+async def test_lost_yields_to_a_real_terminal_state(store):
+    t = time.time()
+    await ingest(store, ev("l", "started", t), ev("l", "lost", t + 100))
+    assert (await store.get_task(1, "l"))["state"] == "lost"
+    await ingest(store, ev("l", "failed", t + 50, exception="RuntimeError()"))
+    assert (await store.get_task(1, "l"))["state"] == "failure"
+    await ingest(store, ev("l", "lost", t + 200))
+    assert (await store.get_task(1, "l"))["state"] == "failure"
+
+
+async def test_filters_and_keyset_paging(store):
+    base = time.time() - 86400
+    events = []
+    for i in range(60):
+        events.append(ev(f"t{i:02d}", "received", base + i, name=f"{'billing' if i % 2 else 'mail'}.job{i % 3}",
+                         queue=f"q{i % 4}", worker=f"w{i % 5}", engine="bare" if i < 50 else "other",
+                         kwargs={"note": f"needle-{i}" if i == 33 else "hay"}))
+        events.append(ev(f"t{i:02d}", "failed" if i % 7 == 0 else "succeeded", base + i + 0.5,
+                         engine="bare" if i < 50 else "other"))
+    await ingest(store, *events)
+
+    async def ids(**query):
+        return [r["task_id"] for r in await store.list_tasks(1, TaskQuery(**query), 100)]
+
+    assert len(await ids()) == 60
+    assert await ids() == sorted(await ids(), reverse=True)
+    assert set(await ids(states=("failure",))) == {f"t{i:02d}" for i in range(0, 60, 7)}
+    assert len(await ids(not_states=("failure",))) == 60 - 9
+    assert all(i.startswith("t") for i in await ids(name="billing.*")) and len(await ids(name="billing.*")) == 30
+    assert await ids(name="mail.job0") == [f"t{i:02d}" for i in range(59, -1, -1) if i % 2 == 0 and i % 3 == 0]
+    assert len(await ids(queue="q1")) == 15 and len(await ids(worker="w2")) == 12 and len(await ids(engine="other")) == 10
+    assert await ids(since=base + 10, until=base + 13) == ["t12", "t11", "t10"]
+    assert await ids(search="NEEDLE-33") == ["t33"]
+    assert await ids(search="100%") == []  # LIKE wildcards in the needle are literal
+    assert set(await ids(states=("failure",), since=base + 20, until=base + 40)) == {"t21", "t28", "t35"}
+
+    seen, after = [], None
+    while True:
+        page = await store.list_tasks(1, TaskQuery(), 7, after)
+        if not page:
+            break
+        seen += [r["task_id"] for r in page]
+        last = page[-1]
+        after = (last["created_at"], last["engine"], last["task_id"])
+    assert seen == await ids()
+
+
+async def test_workers_and_queues_keep_the_latest_report(store):
+    t = time.time()
+
+    agent = await store.create_agent(1, "wq", "w" * 64, b"k" * 32)
+    await store.ingest([IngestItem(1, agent, [
+        p.WorkerEvent(id=p.new_id(), worker="w1", engine="bare", kind="online", ts=t, info={"pid": 1}),
+        p.WorkerEvent(id=p.new_id(), worker="w1", engine="bare", kind="offline", ts=t + 5),
+        p.QueueEvent(id=p.new_id(), queue="q", engine="bare", ts=t + 1, depth=9),
+    ], dropped=3)])
+    await store.ingest([IngestItem(1, agent, [
+        p.WorkerEvent(id=p.new_id(), worker="w1", engine="bare", kind="heartbeat", ts=t + 2),  # late
+        p.QueueEvent(id=p.new_id(), queue="q", engine="bare", ts=t, depth=1),  # late
+    ])])
+    workers, queues, agents = await store.list_workers(1), await store.list_queues(1), await store.list_agents(1)
+    assert [(w["name"], w["state"], w["info"]) for w in workers] == [("w1", "offline", {"pid": 1})]
+    assert [(q["name"], q["depth"]) for q in queues] == [("q", 9)]
+    assert agents[0]["dropped_events"] == 3
+
+
+async def test_agent_names_are_unique_per_project(store):
+    from z4j_collector.errors import Conflict
+
+    await store.create_agent(1, "same", "a" * 64, b"k")
+    with pytest.raises(Conflict, match="same"):
+        await store.create_agent(1, "same", "b" * 64, b"k")

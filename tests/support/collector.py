@@ -1,0 +1,165 @@
+"""A real collector process (``z4j serve``) for integration tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import free_port
+
+Z4J = [sys.executable, "-c", "from z4j_tui.entry import main; main()"]
+
+
+def z4j(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run the ``z4j`` command line; ``check`` fails the test on a non-zero exit."""
+    proc = subprocess.run([*Z4J, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          input=input, timeout=120)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"z4j {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+class Collector:
+    def __init__(self, db_url: str, log_dir: Path) -> None:
+        self.db_url = db_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"collector-{self.port}.log"
+        self.proc: subprocess.Popen | None = None
+        z4j("db", "upgrade", "--db", db_url)
+
+    def start(self, timeout: float = 30.0) -> Collector:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [*Z4J, "serve", "--db", self.db_url, "--port", str(self.port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"collector exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"collector did not answer within {timeout} s: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks, no flush; what was committed must survive."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def create_agent(self, name: str, project: str = "default") -> dict:
+        out = z4j("admin", "create-agent", "--project", project, "--name", name, "--json", "--db", self.db_url)
+        creds = json.loads(out.stdout)
+        creds["brain_url"] = self.url
+        return creds
+
+    def create_token(self, role: str = "admin", project: str = "default") -> str:
+        out = z4j("admin", "create-token", "--project", project, "--role", role, "--json", "--db", self.db_url)
+        return json.loads(out.stdout)["token"]
+
+    def agent_env(self, creds: dict) -> dict[str, str]:
+        return {"Z4J_BRAIN_URL": self.url, "Z4J_TOKEN": creds["token"], "Z4J_HMAC_SECRET": creds["hmac_secret"],
+                "Z4J_PROJECT_ID": creds["project"], "Z4J_AGENT_NAME": creds["name"]}
+
+    def api(self, token: str) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+
+
+# ------------------------------------------------------------------ in-process credentials
+# The `z4j admin` commands cost seconds each (they import alembic); tests that
+# need several tokens or agents mint them with the store API, as the commands do.
+
+
+def with_store(db_url: str, fn):
+    """Run ``await fn(store)`` on a freshly opened store of ``db_url``; return its result."""
+    import asyncio
+
+    from z4j_collector.store import make_store
+
+    async def run():
+        store = make_store(db_url)
+        await store.open()
+        try:
+            return await fn(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def mint_tokens(collector: Collector, *roles: str, project: str = "default",
+                expires_at: float | None = None) -> dict[str, str]:
+    """One project API token per role, e.g. ``mint_tokens(c, "viewer", "admin")["admin"]``."""
+    import secrets
+
+    from z4j_agents import protocol as p
+
+    tokens = {role: "z4jt_" + secrets.token_urlsafe(32) for role in roles}
+
+    async def make(store) -> None:
+        project_id = await store.project_id(project)
+        assert project_id is not None, f"no project {project!r}"
+        for role, token in tokens.items():
+            await store.create_api_token(project_id, f"test-{role}", role, p.token_hash(token), expires_at)
+
+    with_store(collector.db_url, make)
+    return tokens
+
+
+def mint_agent(collector: Collector, name: str, project: str = "default") -> dict:
+    """Agent credentials shaped like ``Collector.create_agent``'s."""
+    from z4j_collector.services.agents import create_agent
+
+    creds = with_store(collector.db_url, lambda store: create_agent(store, project, name))
+    return {"agent_id": creds.agent_id, "project": creds.project, "name": creds.name, "token": creds.token,
+            "hmac_secret": creds.hmac_secret, "brain_url": collector.url}
+
+
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_agent_connected(api: httpx.Client, name: str, connected: bool = True, project: str = "default") -> dict:
+    """Wait until the collector lists agent ``name`` as (dis)connected; ``api`` needs an admin token."""
+    def check():
+        for agent in api.get(f"/api/v1/projects/{project}/agents").raise_for_status().json():
+            if agent["name"] == name and agent["connected"] is connected:
+                return agent
+        return None
+
+    return wait_until(check, what=f"agent {name!r} connected={connected}")
