@@ -119,7 +119,7 @@ run_family() {
     echo "$header"
 
     rc=0
-    UV_PROJECT_ENVIRONMENT=$env_dir uv sync --frozen --python "$PYTHON" "${sync_args[@]}" || rc=$?
+    UV_PROJECT_ENVIRONMENT=$env_dir uv sync --frozen --compile-bytecode --python "$PYTHON" "${sync_args[@]}" || rc=$?
     if [ $rc -ne 0 ]; then
         echo "=== family $name: uv sync failed (exit $rc)"
         FAILED+=("$name")

@@ -24,7 +24,7 @@ class AgentConfig:
     batch_size: int = 500
     flush_interval: float = 0.1
     buffer_max: int = 100_000
-    max_inflight: int = 4
+    max_inflight: int = 8
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     connect_timeout: float = 10.0

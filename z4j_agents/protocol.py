@@ -30,9 +30,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import random
 import struct
 import time
-import uuid
 from typing import Any, Literal
 
 import msgspec
@@ -87,8 +87,18 @@ def state_rank(state: str) -> int:
     return 0
 
 
+_random_bits = random.getrandbits
+
+
 def new_id() -> str:
-    return uuid.uuid4().hex
+    """32 hex digits: milliseconds since the epoch, then 80 random bits.
+
+    Ids made close in time sort close together, so database indexes on them
+    grow at the right edge instead of splitting pages all over (UUIDv7's idea).
+    """
+    # Uniqueness, not secrecy: the fast PRNG (reseeded by Python after fork)
+    # costs a fraction of a urandom system call on every captured event.
+    return f"{int(time.time() * 1000):012x}{_random_bits(80):020x}"
 
 
 # ---------------------------------------------------------------- events

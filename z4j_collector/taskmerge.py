@@ -40,6 +40,13 @@ _TIME_COLUMN = {
     "lost": "finished_at",
 }
 _json_encode = msgspec.json.Encoder().encode
+astuple = msgspec.structs.astuple
+_FIELD_POS = {name: i for i, name in enumerate(p.TaskEvent.__struct_fields__)}
+_COPY_PLAN = tuple((_FIELD_POS[name], _INDEX[name]) for name in _COPIED)
+_JSON_PLAN = tuple((_FIELD_POS[name], _INDEX[name]) for name in _JSON)
+_RANK, _STATE, _STATE_TS, _ENGINE_STATE = (_INDEX[c] for c in ("state_rank", "state", "state_ts", "engine_state"))
+_CREATED, _UPDATED, _REDACTED, _AGENT, _RETRIES = (
+    _INDEX[c] for c in ("created_at", "updated_at", "redacted", "agent_id", "retries"))
 
 # Columns whose upsert rule is not "newest non-null wins".
 STATE_COLUMNS = ("state", "engine_state", "state_rank", "state_ts")
@@ -50,6 +57,7 @@ def fold(project_id: int, agent_id: int | None, events: list[p.TaskEvent]) -> li
     """One row per (engine, task_id) from new events, oldest applied first."""
     rows: dict[tuple[str, str], list[Any]] = {}
     for ev in sorted(events, key=_by_ts):
+        values = astuple(ev)
         key = (ev.engine, ev.task_id)
         row = rows.get(key)
         state = p.KIND_TO_STATE[ev.kind]
@@ -57,32 +65,32 @@ def fold(project_id: int, agent_id: int | None, events: list[p.TaskEvent]) -> li
         if row is None:
             row = [None] * len(TASK_COLUMNS)
             row[0], row[1], row[2] = project_id, ev.engine, ev.task_id
-            row[_INDEX["state_rank"]] = -1
-            row[_INDEX["created_at"]] = ev.ts
-            row[_INDEX["updated_at"]] = ev.ts
-            row[_INDEX["redacted"]] = False
-            row[_INDEX["agent_id"]] = agent_id
+            row[_RANK] = -1
+            row[_CREATED] = ev.ts
+            row[_REDACTED] = False
+            row[_AGENT] = agent_id
             rows[key] = row
-        if (rank, ev.ts) >= (row[_INDEX["state_rank"]], row[_INDEX["state_ts"]] or 0.0):
-            row[_INDEX["state"]] = state
-            row[_INDEX["state_rank"]] = rank
-            row[_INDEX["state_ts"]] = ev.ts
-            row[_INDEX["engine_state"]] = ev.engine_state or state.upper()
-        for name in _COPIED:
-            value = getattr(ev, name)
+        if (rank, ev.ts) >= (row[_RANK], row[_STATE_TS] or 0.0):
+            row[_STATE] = state
+            row[_RANK] = rank
+            row[_STATE_TS] = ev.ts
+            row[_ENGINE_STATE] = ev.engine_state or state.upper()
+        for field_pos, column in _COPY_PLAN:
+            value = values[field_pos]
             if value is not None:
-                row[_INDEX[name]] = value
-        for name in _JSON:
-            value = getattr(ev, name)
+                row[column] = value
+        for field_pos, column in _JSON_PLAN:
+            value = values[field_pos]
             if value is not None:
-                row[_INDEX[name]] = _json_encode(value).decode()
-        if ev.retries is not None and (row[_INDEX["retries"]] or 0) <= ev.retries:
-            row[_INDEX["retries"]] = ev.retries
+                row[column] = _json_encode(value).decode()
+        if ev.retries is not None and (row[_RETRIES] or 0) <= ev.retries:
+            row[_RETRIES] = ev.retries
         time_column = _TIME_COLUMN.get(ev.kind)  # "retried" has no time column of its own
         if time_column is not None:
             row[_INDEX[time_column]] = ev.ts
-        row[_INDEX["updated_at"]] = ev.ts
-        row[_INDEX["redacted"]] = row[_INDEX["redacted"]] or ev.redacted
+        row[_UPDATED] = ev.ts
+        if ev.redacted:
+            row[_REDACTED] = True
     return list(rows.values())
 
 

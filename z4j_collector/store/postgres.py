@@ -31,7 +31,9 @@ def pg_sql(sql: str) -> str:
 
 
 def _unnest(types: Sequence[str]) -> str:
-    return "SELECT * FROM unnest(" + ", ".join(f"%s::{t}[]" for t in types) + ")"
+    # %b: binary parameters; the text array format escapes every element
+    # with a regex, which costs more than the whole insert.
+    return "SELECT * FROM unnest(" + ", ".join(f"%b::{t}[]" for t in types) + ")"
 
 
 # Bulk statements: one round trip per batch whatever its size.

@@ -55,7 +55,9 @@ class SqliteStore(SqlStore):
         conn = await aiosqlite.connect(self.path, isolation_level=None)
         # WAL + NORMAL: durable across process crashes (SIGKILL); the last
         # commits may roll back on power loss (docs/production.md).
-        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON"):
+        pragmas = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON",
+                   "cache_size=-65536", "temp_store=MEMORY")
+        for pragma in pragmas:
             await conn.execute(f"PRAGMA {pragma}")
         return conn
 
