@@ -31,18 +31,7 @@ apt_install() {
 }
 
 # ------------------------------------------------------------------ tools
-if ! command -v uv >/dev/null 2>&1; then
-    echo "== installing uv"
-    if ! python3 -m pip --version >/dev/null 2>&1; then apt_install python3-pip; fi
-    # Debian 12 marks its Python as externally managed (PEP 668).
-    python3 -m pip install --quiet uv \
-        || python3 -m pip install --quiet --break-system-packages uv
-    hash -r
-    if ! command -v uv >/dev/null 2>&1; then
-        PATH="$(python3 -m site --user-base)/bin:$PATH"
-    fi
-    command -v uv >/dev/null 2>&1 || { echo "uv installed but not on PATH" >&2; exit 1; }
-fi
+source scripts/ensure-uv.sh
 
 if ! command -v redis-server >/dev/null 2>&1; then
     echo "== installing redis-server"

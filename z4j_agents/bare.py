@@ -18,6 +18,8 @@ import logging
 import time
 from typing import Any
 
+import msgspec
+
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig
 from z4j_agents.runtime import AgentRuntime, CommandHandler
@@ -41,27 +43,32 @@ class Agent:
     def task(self, task_id: str, kind: str, *, ts: float | None = None, **fields: Any) -> None:
         """Record that ``kind`` (sent, received, started, retried, succeeded,
         failed, revoked, rejected) happened to task ``task_id``."""
+        fields.update(id=p.new_id(), task_id=task_id, engine=self.engine, kind=kind,
+                      ts=time.time() if ts is None else ts)
         try:
-            event = p.TaskEvent(
-                id=p.new_id(),
-                task_id=task_id,
-                engine=self.engine,
-                kind=kind,  # type: ignore[arg-type]
-                ts=time.time() if ts is None else ts,
-                **fields,
-            )
-        except Exception:  # noqa: BLE001 - bad fields are the caller's bug, never their crash
-            log.exception("z4j agent: invalid task event for %s", task_id)
+            # Validated here, in the caller's thread, so that one bad event can
+            # never become a batch the collector refuses again and again.
+            event = _to_task_event(fields)
+        except Exception as exc:  # noqa: BLE001 - bad fields are the caller's bug, never their crash
+            log.error("z4j agent: invalid task event for %s: %s", task_id, exc)
             return
         self.runtime.emit(event)
 
     def worker(self, worker: str, kind: str = "heartbeat", **info: Any) -> None:
-        self.runtime.emit(
-            p.WorkerEvent(id=p.new_id(), worker=worker, engine=self.engine, kind=kind, ts=time.time(), info=info or None)  # type: ignore[arg-type]
-        )
+        self._emit_checked(p.WorkerEvent, {"id": p.new_id(), "worker": worker, "engine": self.engine, "kind": kind,
+                                           "ts": time.time(), "info": info or None})
 
     def queue(self, queue: str, depth: int) -> None:
-        self.runtime.emit(p.QueueEvent(id=p.new_id(), queue=queue, engine=self.engine, ts=time.time(), depth=depth))
+        self._emit_checked(p.QueueEvent, {"id": p.new_id(), "queue": queue, "engine": self.engine,
+                                          "ts": time.time(), "depth": depth})
+
+    def _emit_checked(self, kind: type, fields: dict[str, Any]) -> None:
+        try:
+            event = msgspec.convert(fields, kind)
+        except Exception as exc:  # noqa: BLE001
+            log.error("z4j agent: invalid %s event: %s", kind.__name__, exc)
+            return
+        self.runtime.emit(event)
 
     def on_command(self, action: str, handler: CommandHandler) -> None:
         self.runtime.on_command(action, handler)
@@ -71,6 +78,25 @@ class Agent:
 
     def stop(self, timeout: float = 5.0) -> bool:
         return self.runtime.stop(timeout)
+
+
+_TASK_FIELDS = frozenset(p.TaskEvent.__struct_fields__)
+
+
+def _to_task_event(fields: dict[str, Any]) -> p.TaskEvent:
+    unknown = fields.keys() - _TASK_FIELDS
+    if unknown:
+        raise TypeError(f"unknown field(s) {', '.join(sorted(unknown))}")
+    try:
+        return msgspec.convert(fields, p.TaskEvent)
+    except msgspec.ValidationError:
+        # Arbitrary objects in args/kwargs/result are fine (redaction turns
+        # them into reprs); only the typed fields must be right.
+        payload = {k: fields.pop(k) for k in ("args", "kwargs", "result", "extra") if k in fields}
+        event = msgspec.convert(fields, p.TaskEvent)
+        for key, value in payload.items():
+            setattr(event, key, value)
+        return event
 
 
 def _version() -> str:

@@ -30,6 +30,7 @@ from z4j_agents.redaction import Redactor, default_redactor
 log = logging.getLogger("z4j.agent")
 
 CommandHandler = Callable[[dict[str, Any]], Any]
+_EVENT_TYPES = (p.TaskEvent, p.WorkerEvent, p.QueueEvent)
 
 
 class CommandError(Exception):
@@ -70,6 +71,8 @@ class AgentRuntime:
     def emit(self, event: p.Event) -> None:
         """Queue one event. Constant time; never blocks; never raises."""
         try:
+            if type(event) not in _EVENT_TYPES:
+                raise TypeError(f"not an event: {type(event).__name__}")
             queue = self._queue
             if len(queue) >= self.config.buffer_max:
                 self.dropped += 1

@@ -1,0 +1,66 @@
+"""The agent runtime as a guest: never blocks, never raises, counts what it
+drops, reconnects and delivers once the collector is there."""
+
+from __future__ import annotations
+
+import time
+
+from tests.support.collector import Collector
+from z4j_agents import protocol as p
+from z4j_agents.bare import Agent
+from z4j_agents.config import AgentConfig
+
+
+def test_overflow_is_counted_reported_and_the_rest_delivered(db_url, tmp_path):
+    collector = Collector(db_url, tmp_path)  # port chosen, not yet listening
+    creds = collector.create_agent("guest")
+    config = AgentConfig.from_env(collector.agent_env(creds), buffer_max=100, backoff_initial=0.1, backoff_max=0.5)
+    agent = Agent(config, engine="bare")
+    started = time.monotonic()
+    for i in range(150):
+        agent.task(f"o-{i}", "received", name="overflow.task", args=[object(), {1, 2}])  # odd args too
+    assert time.monotonic() - started < 5, "emit blocked while the collector was down"
+    assert agent.runtime.dropped == 50
+    assert not agent.runtime.connected.is_set()
+    collector.start()
+    try:
+        assert agent.flush(30), agent.runtime.last_error
+        agent.stop()
+        api = collector.api(collector.create_token("admin"))
+        tasks = api.get("/api/v1/projects/default/tasks", params={"limit": 1000}).json()["tasks"]
+        assert len(tasks) == 100
+        [row] = [a for a in api.get("/api/v1/projects/default/agents").json() if a["name"] == "guest"]
+        assert row["dropped_events"] == 50
+        detail = api.get("/api/v1/projects/default/tasks/o-0").json()
+        assert detail["args"][0].startswith("<object object")  # repr, not a crash
+    finally:
+        collector.stop()
+
+
+def test_bad_calls_never_raise_into_the_host():
+    config = AgentConfig(brain_url="ws://127.0.0.1:9/agent/ws", token="t", hmac_secret="s")
+    agent = Agent(config, engine="bare", start=False)
+    agent.task("x", "exploded")                     # unknown kind: logged, dropped
+    agent.task("x", "received", no_such_field=1)    # unknown field: logged, dropped
+    agent.task("x", "received", ts="yesterday")     # wrong type: still never raises
+    agent.runtime.emit(None)                        # garbage: contained
+    assert len(agent.runtime._queue) == 0
+
+
+def test_refused_agent_keeps_retrying_and_says_why(collector):
+    config = AgentConfig(brain_url=collector.url.replace("http", "ws") + "/agent/ws", token="z4ja_unknown",
+                         hmac_secret="s", backoff_initial=0.1, backoff_max=0.2)
+    agent = Agent(config, engine="bare")
+    agent.task("r", "received")
+    deadline = time.monotonic() + 10
+    while agent.runtime.last_error is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "unknown_token" in (agent.runtime.last_error or "")
+    assert agent.runtime.pending == 1  # held, not lost, not acked
+    agent.stop(timeout=0.2)
+
+
+def test_time_ordered_ids_are_unique():
+    ids = [p.new_id() for _ in range(50_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 for i in ids)
