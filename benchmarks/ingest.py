@@ -80,6 +80,7 @@ def _literal(ast, text):
 
 def sender(env: dict, items: list[tuple], start: mp.Event, done: mp.Queue, high_water: int) -> None:
     os.environ.update(env)
+    from z4j_agents import protocol as p
     from z4j_agents.bare import Agent
 
     agent = Agent.from_env(engine="celery")
@@ -87,11 +88,14 @@ def sender(env: dict, items: list[tuple], start: mp.Event, done: mp.Queue, high_
     start.wait()
     t0 = time.time()
     runtime = agent.runtime
+    emit, new_id, now = runtime.emit, p.new_id, time.time
     for n, item in enumerate(items):
+        # What an engine adapter does: build the event, hand it to the runtime.
         if item[0] == "task":
-            agent.task(item[1], item[2], **item[3])
+            emit(p.TaskEvent(id=new_id(), task_id=item[1], engine="celery", kind=item[2], ts=now(), **item[3]))
         else:
-            agent.worker(item[1], "heartbeat", **item[2])
+            emit(p.WorkerEvent(id=new_id(), worker=item[1], engine="celery", kind="heartbeat", ts=now(),
+                               info=item[2]))
         if n % 256 == 0:
             # Offer load as fast as the collector takes it, without overflowing
             # the agent's buffer (an overflow would be counted, not measured).

@@ -201,6 +201,9 @@ class BatchAck(msgspec.Struct, tag="ack", kw_only=True):
     batch_id: str
     accepted: int
     duplicates: int = 0
+    rejected: int = 0
+    """Events refused one by one (e.g. an id too long to store); not resent."""
+    reason: str | None = None
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", kw_only=True):

@@ -688,3 +688,31 @@ def default_redactor() -> Redactor:
     if _default is None:
         _default = Redactor()
     return _default
+
+
+_PAYLOAD_FIELDS = ("args", "kwargs", "result")
+_TEXT_FIELDS = ("exception", "traceback")
+
+
+def redact_event(redactor: Redactor, event: Any) -> bool:
+    """Redact a task event's payload in place; True when something was masked.
+
+    The one place both sides use: the agent before anything leaves the worker
+    (it also turns arbitrary objects into their repr), the collector again on
+    ingest. Sets ``event.redacted`` and returns it.
+    """
+    name, hit = event.name, bool(event.redacted)
+    for field in _PAYLOAD_FIELDS:
+        value = getattr(event, field)
+        if value is not None:
+            clean, masked = redactor.redact(value, name)
+            setattr(event, field, clean)
+            hit = hit or masked
+    for field in _TEXT_FIELDS:
+        value = getattr(event, field)
+        if value:
+            clean, masked = redactor.redact_text(value, name)
+            setattr(event, field, clean)
+            hit = hit or masked
+    event.redacted = hit
+    return hit

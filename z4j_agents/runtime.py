@@ -25,7 +25,7 @@ from typing import Any
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig
-from z4j_agents.redaction import Redactor, default_redactor
+from z4j_agents.redaction import Redactor, default_redactor, redact_event
 
 log = logging.getLogger("z4j.agent")
 
@@ -61,6 +61,7 @@ class AgentRuntime:
         self._restart_in_child = False
         self.connected = threading.Event()
         self.dropped = 0
+        self.rejected = 0
         self.acked_events = 0
         self.sent_batches = 0
         self.last_error: str | None = None
@@ -230,26 +231,13 @@ class AgentRuntime:
         """Redact a task event in place (on the agent thread, not the host's)."""
         if type(event) is not p.TaskEvent or event.redacted:
             return event
-        redactor, name, hit = self.redactor, event.name, False
         try:
-            for field in ("args", "kwargs", "result"):
-                value = getattr(event, field)
-                if value is not None:
-                    clean, masked = redactor.redact(value, name)
-                    setattr(event, field, clean)
-                    hit = hit or masked
-            for field in ("exception", "traceback"):
-                value = getattr(event, field)
-                if value:
-                    clean, masked = redactor.redact_text(value, name)
-                    setattr(event, field, clean)
-                    hit = hit or masked
+            redact_event(self.redactor, event)
         except Exception:  # noqa: BLE001 - drop the payload, keep the event
             log.exception("z4j agent: redaction failed; payload withheld")
             event.args = event.kwargs = event.result = "[unavailable]"
             event.traceback = None
-            hit = True
-        event.redacted = hit
+            event.redacted = True
         return event
 
     def _next_batch(self) -> tuple[str, bytes, int] | None:
@@ -338,6 +326,9 @@ class _Session:
                 entry = rt._unacked.pop(frame.batch_id, None)
                 if entry is not None:
                     rt.acked_events += entry[1]
+                if frame.rejected:
+                    rt.rejected += frame.rejected
+                    log.warning("z4j agent: collector rejected %d event(s): %s", frame.rejected, frame.reason)
                 rt._wake.set()
             elif isinstance(frame, p.Command):
                 asyncio.create_task(self.run_command(frame))

@@ -52,7 +52,11 @@ def error_response(request: Request, exc: Exception) -> Response:
                                          401: "unauthorized", 403: "forbidden"}.get(exc.status_code, "error")
         message = exc.detail
         extra = getattr(exc, "extra", None)
-        if status == 400 and extra:
+        if status == 400 and isinstance(extra, list) and extra:
+            message = "; ".join(
+                f"{e.get('key')}: {e.get('message')}" if isinstance(e, dict) else str(e) for e in extra
+            )
+        elif status == 400 and extra:
             message = f"{exc.detail}: {extra}"
     else:
         log.exception("unhandled error on %s", request.url.path)
@@ -100,7 +104,7 @@ class CollectorPlugin(InitPluginProtocol):
 
 
 def create_app(settings: Settings) -> Litestar:
-    return Litestar(
+    app = Litestar(
         plugins=[CollectorPlugin(settings)],
         openapi_config=OpenAPIConfig(
             title="z4j collector", version=__version__, path="/api/v1/schema",
@@ -109,3 +113,10 @@ def create_app(settings: Settings) -> Litestar:
         ),
         debug=False,
     )
+    # Litestar adds an OPTIONS handler per path; it answers CORS preflights
+    # and says nothing but the allowed methods, so it is public by design.
+    for route in app.routes:
+        for method, (handler, _) in getattr(route, "route_handler_map", {}).items():
+            if method == "OPTIONS":
+                handler.opt.setdefault("permission", "public")
+    return app

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any
+
+import msgspec
 
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from z4j_agents import protocol as p
-from z4j_agents.redaction import Redactor
+from z4j_agents.redaction import Redactor, redact_event
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.commands import CommandService
 from z4j_collector.services.ingest import IngestWriter
@@ -155,10 +156,15 @@ class Gateway:
                     "too_many_events", f"batch of {len(batch.events)} events exceeds {p.MAX_EVENTS_PER_BATCH}",
                     CLOSE_BAD_FRAME,
                 )
-            self._redact(batch.events)
-            item = IngestItem(session.project_id, session.agent_id, batch.events, batch.dropped)
+            events, rejected, reason = self._clean(batch.events)
+            if rejected:
+                log.warning("agent %s: %d event(s) refused: %s", session.agent_id, rejected, reason)
+            item = IngestItem(session.project_id, session.agent_id, events, batch.dropped)
             outcome = await (await self.writer.submit(item))
-            await session.send(p.BatchAck(batch_id=batch.batch_id, accepted=outcome.accepted, duplicates=outcome.duplicates))
+            await session.send(p.BatchAck(
+                batch_id=batch.batch_id, accepted=outcome.accepted, duplicates=outcome.duplicates,
+                rejected=rejected, reason=reason,
+            ))
         except Refused as exc:
             await self._refuse(session.socket, session, exc)
         except (WebSocketDisconnect, asyncio.CancelledError):
@@ -169,28 +175,23 @@ class Gateway:
         finally:
             session.inflight.release()
 
-    def _redact(self, events: list[Any]) -> None:
-        """Redact again on ingest: an agent may be old, misconfigured or not ours."""
-        redact, redact_text = self.redactor.redact, self.redactor.redact_text
+    def _clean(self, events: list[Any]) -> tuple[list[Any], int, str | None]:
+        """Redact again, remove NUL characters, refuse events that cannot be
+        stored. An agent may be old, misconfigured or not ours; a refused
+        event is counted in the ack instead of holding the batch back forever."""
+        kept, rejected, reason = [], 0, None
         for ev in events:
-            if type(ev) is not p.TaskEvent:
+            problem = _key_problem(ev)
+            if problem is not None:
+                rejected, reason = rejected + 1, problem
                 continue
-            hit = ev.redacted
-            for field in ("args", "kwargs", "result"):
-                value = getattr(ev, field)
-                if value is not None:
-                    clean, masked = redact(value, ev.name)
-                    if masked:
-                        setattr(ev, field, clean)
-                        hit = True
-            for field in ("exception", "traceback"):
-                value = getattr(ev, field)
-                if value:
-                    clean, masked = redact_text(value, ev.name)
-                    if masked:
-                        setattr(ev, field, clean)
-                        hit = True
-            ev.redacted = hit
+            for field, value in zip(ev.__struct_fields__, msgspec.structs.astuple(ev)):
+                if type(value) is str and "\x00" in value:
+                    setattr(ev, field, value.replace("\x00", "\ufffd"))
+            if type(ev) is p.TaskEvent:
+                redact_event(self.redactor, ev)
+            kept.append(ev)
+        return kept, rejected, reason
 
     async def _refuse(self, socket: WebSocket, session: GatewaySession | None, exc: Refused) -> None:
         who = f"agent {session.agent_id}" if session else "unauthenticated agent"
@@ -200,3 +201,19 @@ class Gateway:
             await socket.close(code=exc.close_code, reason=exc.message[:120])
         except Exception:  # noqa: BLE001 - the peer is already gone
             pass
+
+
+# What the store can keep (column sizes in migrations/versions/…_initial.py).
+_LIMITS = {"id": 64, "task_id": 255, "engine": 32, "worker": 255, "queue": 255}
+
+
+def _key_problem(ev: Any) -> str | None:
+    for field in ("id", "engine", "task_id", "worker", "queue"):
+        value = getattr(ev, field, None)
+        if field in ("worker", "queue") and type(ev) is p.TaskEvent:
+            continue  # descriptive on task events, stored as text
+        if value is None:
+            continue
+        if not value or len(value) > _LIMITS[field] or "\x00" in value:
+            return f"{type(ev).__name__}.{field} must be 1 to {_LIMITS[field]} characters without NUL"
+    return None

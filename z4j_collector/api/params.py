@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 import time
 from datetime import datetime, timezone
@@ -26,9 +27,13 @@ def parse_time(value: str | None, name: str) -> float | None:
     if match:
         return time.time() - float(match.group(1)) * _UNITS[match.group(2)]
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise CollectorError(f"{name} must be a finite time, got {value!r}", code="bad_time")
+        return number
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

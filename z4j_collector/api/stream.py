@@ -33,10 +33,10 @@ async def project_stream(socket: WebSocket, project: str) -> None:
     state = socket.app.state
     principal = principal_of(socket)
     await socket.accept()
+    sub = state.hub.subscribe(principal.project_id)  # before the hello: miss nothing
     nonce = os.urandom(16)
     key = stream_key(bearer_token(socket) or "", nonce)
     await socket.send_text(_encode({"type": "hello", "nonce": nonce.hex(), "project": principal.project}).decode())
-    sub = state.hub.subscribe(principal.project_id)
     seq = 0
     closed = asyncio.create_task(_wait_closed(socket))
     try:

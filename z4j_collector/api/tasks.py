@@ -56,12 +56,12 @@ class TaskController(Controller):
         rows = await store.list_tasks(principal.project_id, query, limit + 1, decode_cursor(cursor))
         more = len(rows) > limit
         rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1]) if more else None
         if format == "csv":
-            return Response(_csv(rows), media_type="text/csv")
-        page = TaskPage(
-            tasks=[msgspec.convert(r, TaskSummary) for r in rows],
-            next_cursor=encode_cursor(rows[-1]) if more else None,
-        )
+            # CSV has no envelope: the next page's cursor travels in a header.
+            headers = {"X-Next-Cursor": next_cursor} if next_cursor else {}
+            return Response(_csv(rows), media_type="text/csv", headers=headers)
+        page = TaskPage(tasks=[msgspec.convert(r, TaskSummary) for r in rows], next_cursor=next_cursor)
         return Response(page)
 
     @get("/counts", summary="Number of tasks per state")
