@@ -21,10 +21,10 @@ class AgentConfig:
     hmac_secret: str
     project: str = "default"
     agent_name: str = ""
-    batch_size: int = 500
+    batch_size: int = 1000
     flush_interval: float = 0.1
     buffer_max: int = 100_000
-    max_inflight: int = 8
+    max_inflight: int = 16
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     connect_timeout: float = 10.0

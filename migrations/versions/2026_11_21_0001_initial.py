@@ -94,12 +94,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("project_id", "engine", "task_id", name="pk_tasks"),
     )
     # The task list is read newest first with keyset paging on
-    # (created_at, engine, task_id); each filter gets an index led by it.
+    # (created_at, engine, task_id). Every index here is paid for by every
+    # ingested event, so only the most selective filters get one now (state,
+    # name) plus root_id for trees; queue and worker filters walk
+    # ix_tasks_created until the page is full. The scale issue revisits this
+    # with its 10-million-task benchmark.
     op.create_index("ix_tasks_created", "tasks", ["project_id", "created_at", "engine", "task_id"])
-    for column in ("state", "name", "queue", "worker"):
+    for column in ("state", "name"):
         op.create_index(f"ix_tasks_{column}", "tasks", ["project_id", column, "created_at"])
-    for column in ("root_id", "parent_id", "group_id"):
-        op.create_index(f"ix_tasks_{column}", "tasks", ["project_id", column])
+    op.create_index("ix_tasks_root_id", "tasks", ["project_id", "root_id"])
     op.create_table(
         "task_events",
         sa.Column("id", sa.String(64), primary_key=True),
