@@ -71,7 +71,12 @@ class Agent:
         self.runtime.emit(event)
 
     def on_command(self, action: str, handler: CommandHandler) -> None:
+        """Register before the agent connects (``start=False``, then ``start()``):
+        the actions an agent can do are announced when it connects."""
         self.runtime.on_command(action, handler)
+
+    def start(self) -> None:
+        self.runtime.start()
 
     def flush(self, timeout: float = 10.0) -> bool:
         return self.runtime.flush(timeout)

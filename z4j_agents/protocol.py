@@ -134,8 +134,9 @@ class TaskEvent(msgspec.Struct, tag="task", omit_defaults=True, kw_only=True):
     redacted: bool = False
     """True when redaction masked something in args/kwargs/result/traceback."""
     replay: bytes | None = None
-    """The original call, sealed by the agent (see z4j_agents.sealing): the
-    collector stores it but cannot read it; only agents can open it to retry."""
+    """The original call, sealed by the agent with a key the collector does not
+    have: stored opaque, opened only by an agent to retry (engine adapters
+    fill it where the engine keeps no copy; docs/architecture.md)."""
     extra: dict[str, Any] | None = None
 
 

@@ -690,7 +690,7 @@ def default_redactor() -> Redactor:
     return _default
 
 
-_PAYLOAD_FIELDS = ("args", "kwargs", "result")
+_PAYLOAD_FIELDS = ("args", "kwargs", "result", "extra")
 _TEXT_FIELDS = ("exception", "traceback")
 
 
@@ -716,3 +716,9 @@ def redact_event(redactor: Redactor, event: Any) -> bool:
             hit = hit or masked
     event.redacted = hit
     return hit
+
+
+def redact_info(redactor: Redactor, event: Any) -> None:
+    """Worker facts (broker URLs, hostnames with credentials…) are redacted too."""
+    if event.info:
+        event.info = redactor.redact(event.info)[0]

@@ -25,7 +25,7 @@ from typing import Any
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig
-from z4j_agents.redaction import Redactor, default_redactor, redact_event
+from z4j_agents.redaction import Redactor, default_redactor, redact_event, redact_info
 
 log = logging.getLogger("z4j.agent")
 
@@ -228,7 +228,13 @@ class AgentRuntime:
         return _Session(self, ws, p.Signer(skey), p.Verifier(skey), welcome)
 
     def _prepare(self, event: p.Event) -> p.Event:
-        """Redact a task event in place (on the agent thread, not the host's)."""
+        """Redact an event in place (on the agent thread, not the host's)."""
+        if type(event) is p.WorkerEvent:
+            try:
+                redact_info(self.redactor, event)
+            except Exception:  # noqa: BLE001
+                event.info = None
+            return event
         if type(event) is not p.TaskEvent or event.redacted:
             return event
         try:

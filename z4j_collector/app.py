@@ -118,5 +118,5 @@ def create_app(settings: Settings) -> Litestar:
     for route in app.routes:
         for method, (handler, _) in getattr(route, "route_handler_map", {}).items():
             if method == "OPTIONS":
-                handler.opt.setdefault("permission", "public")
+                handler.opt["permission"] = "public"
     return app

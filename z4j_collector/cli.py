@@ -48,10 +48,13 @@ def serve(
     from z4j_collector.store import migrate
 
     settings = Settings.load(db, host, port)
-    if settings.dialect == "sqlite" and migrate.current(settings.db_url) != migrate.head():
-        # The embedded default upgrades itself; PostgreSQL is shared by
-        # several collectors and is upgraded on purpose, once.
-        migrate.upgrade(settings.db_url)
+    revision = migrate.current(settings.db_url)
+    if revision != migrate.head():
+        if settings.dialect != "sqlite":
+            # PostgreSQL is shared by several collectors: upgraded on purpose, once.
+            fail(f"database is at revision {revision or 'none'}, this z4j needs {migrate.head()}: "
+                 f"run `z4j db upgrade --db …` first")
+        migrate.upgrade(settings.db_url)  # the embedded default upgrades itself
     typer.echo(f"z4j collector {__version__} on http://{settings.host}:{settings.port} ({_safe_url(settings.db_url)})", err=True)
     uvicorn.run(
         create_app(settings), host=settings.host, port=settings.port, log_level="warning",

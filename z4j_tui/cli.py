@@ -18,7 +18,7 @@ import typer
 from z4j_tui.client import Client
 
 app = typer.Typer(no_args_is_help=True, help="z4j: operator console for Python task queues.", add_completion=False)
-tasks_app = typer.Typer(help="Tasks: list, show, tree.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Tasks: list, show.", no_args_is_help=True)
 workers_app = typer.Typer(help="Workers.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queues.", no_args_is_help=True)
 agents_app = typer.Typer(help="Agents.", no_args_is_help=True)

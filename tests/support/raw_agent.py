@@ -49,8 +49,12 @@ class RawAgent:
         return p.EventBatch(batch_id=p.new_id(), events=events)
 
     def send(self, data: bytes) -> None:
+        """Send; if the collector already refused and closed, refusal() tells why."""
         assert self.ws is not None
-        self.ws.send(data)
+        try:
+            self.ws.send(data)
+        except ConnectionClosed:
+            pass
 
     def recv_frame(self) -> p.Frame:
         assert self.ws is not None and self.verifier is not None

@@ -18,7 +18,7 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from z4j_agents import protocol as p
-from z4j_agents.redaction import Redactor, redact_event
+from z4j_agents.redaction import Redactor, redact_event, redact_info
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.commands import CommandService
 from z4j_collector.services.ingest import IngestWriter
@@ -99,6 +99,7 @@ class Gateway:
                     await self.commands.on_result(session.agent_id, frame)
                 elif isinstance(frame, p.Heartbeat):
                     session.heartbeat = frame
+                    await self.store.agent_heartbeat(session.agent_id, frame.dropped)
                 else:
                     raise Refused("unexpected_frame", f"agents may not send {type(frame).__name__} frames", CLOSE_BAD_FRAME)
         except WebSocketDisconnect:
@@ -190,6 +191,8 @@ class Gateway:
                     setattr(ev, field, value.replace("\x00", "\ufffd"))
             if type(ev) is p.TaskEvent:
                 redact_event(self.redactor, ev)
+            elif type(ev) is p.WorkerEvent:
+                redact_info(self.redactor, ev)
             kept.append(ev)
         return kept, rejected, reason
 

@@ -53,31 +53,32 @@ class AgentRegistry:
     """Which agents are connected to this collector process, right now."""
 
     def __init__(self) -> None:
-        self._sessions: dict[int, AgentSession] = {}
+        # One agent token may be used by several processes at once (a worker
+        # and its forked children): every live connection counts.
+        self._sessions: dict[int, list[AgentSession]] = {}
 
-    def add(self, session: AgentSession) -> AgentSession | None:
-        previous = self._sessions.get(session.agent_id)
-        self._sessions[session.agent_id] = session
-        return previous
+    def add(self, session: AgentSession) -> None:
+        self._sessions.setdefault(session.agent_id, []).append(session)
 
     def remove(self, session: AgentSession) -> None:
-        if self._sessions.get(session.agent_id) is session:
-            del self._sessions[session.agent_id]
+        sessions = self._sessions.get(session.agent_id, [])
+        if session in sessions:
+            sessions.remove(session)
+        if not sessions:
+            self._sessions.pop(session.agent_id, None)
 
-    def get(self, agent_id: int) -> AgentSession | None:
-        return self._sessions.get(agent_id)
-
-    def find(self, project_id: int, action: str, engine: str | None) -> AgentSession | None:
-        for session in self._sessions.values():
-            if session.project_id != project_id or action not in session.capabilities:
-                continue
-            if engine is None or engine in session.engines:
+    def get(self, agent_id: int, action: str | None = None) -> AgentSession | None:
+        """The newest live connection of the agent (that declared ``action``)."""
+        for session in reversed(self._sessions.get(agent_id, [])):
+            if action is None or action in session.capabilities:
                 return session
         return None
 
-    def connected(self, project_id: int) -> list[dict[str, Any]]:
-        return [
-            {"agent_id": s.agent_id, "engines": s.engines, "capabilities": s.capabilities}
-            for s in self._sessions.values()
-            if s.project_id == project_id
-        ]
+    def find(self, project_id: int, action: str, engine: str | None) -> AgentSession | None:
+        for sessions in self._sessions.values():
+            for session in reversed(sessions):
+                if session.project_id != project_id or action not in session.capabilities:
+                    continue
+                if engine is None or engine in session.engines:
+                    return session
+        return None

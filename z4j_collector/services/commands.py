@@ -38,7 +38,8 @@ class CommandService:
             session = self.registry.get(agent_id)
             if session is None or session.project_id != project_id:
                 raise Conflict(f"agent {agent_id} is not connected", code="agent_offline")
-            if action not in session.capabilities:
+            session = self.registry.get(agent_id, action)
+            if session is None:
                 raise Conflict(f"agent {agent_id} cannot do {action!r}", code="unsupported_action")
         else:
             session = self.registry.find(project_id, action, engine)

@@ -182,6 +182,14 @@ class SqlStore:
 
         await self.write(tx_fn)
 
+    async def agent_heartbeat(self, agent_id: int, dropped: int) -> None:
+        async def tx_fn(tx: Tx) -> None:
+            await tx.execute(
+                "UPDATE agents SET last_seen_at = ?, dropped_events = ? WHERE id = ?", (time.time(), dropped, agent_id)
+            )
+
+        await self.write(tx_fn)
+
     async def list_agents(self, project_id: int) -> list[dict[str, Any]]:
         cols = ("id", "name", "created_at", "revoked_at", "last_seen_at", "hostname", "version", "engines", "dropped_events")
         rows = await self.fetchall(
