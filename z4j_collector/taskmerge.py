@@ -23,7 +23,7 @@ TASK_COLUMNS = (
     "project_id", "engine", "task_id", "name", "state", "engine_state", "state_rank", "state_ts",
     "queue", "worker", "args", "kwargs", "result", "exception", "traceback", "runtime", "retries",
     "eta", "parent_id", "root_id", "group_id", "chord_id", "redacted", "replay", "created_at",
-    "sent_at", "received_at", "started_at", "finished_at", "updated_at", "agent_id",
+    "sent_at", "received_at", "started_at", "finished_at", "updated_at", "agent_id", "event_ids",
 )
 _INDEX = {name: i for i, name in enumerate(TASK_COLUMNS)}
 _COPIED = ("name", "queue", "worker", "exception", "traceback", "runtime", "eta",
@@ -45,8 +45,8 @@ _FIELD_POS = {name: i for i, name in enumerate(p.TaskEvent.__struct_fields__)}
 _COPY_PLAN = tuple((_FIELD_POS[name], _INDEX[name]) for name in _COPIED)
 _JSON_PLAN = tuple((_FIELD_POS[name], _INDEX[name]) for name in _JSON)
 _RANK, _STATE, _STATE_TS, _ENGINE_STATE = (_INDEX[c] for c in ("state_rank", "state", "state_ts", "engine_state"))
-_CREATED, _UPDATED, _REDACTED, _AGENT, _RETRIES = (
-    _INDEX[c] for c in ("created_at", "updated_at", "redacted", "agent_id", "retries"))
+_CREATED, _UPDATED, _REDACTED, _AGENT, _RETRIES, _EVENT_IDS = (
+    _INDEX[c] for c in ("created_at", "updated_at", "redacted", "agent_id", "retries", "event_ids"))
 
 # Columns whose upsert rule is not "newest non-null wins".
 STATE_COLUMNS = ("state", "engine_state", "state_rank", "state_ts")
@@ -91,6 +91,7 @@ def fold(project_id: int, agent_id: int | None, events: list[p.TaskEvent]) -> li
         row[_UPDATED] = ev.ts
         if ev.redacted:
             row[_REDACTED] = True
+        row[_EVENT_IDS] = ev.id if row[_EVENT_IDS] is None else f"{row[_EVENT_IDS]},{ev.id}"
     return list(rows.values())
 
 
@@ -119,6 +120,8 @@ def merge_rows(old: list[Any], new: list[Any]) -> list[Any]:
             out[k] = max((v for v in (old[k], new[k]) if v is not None), default=None)
         elif name == "redacted":
             out[k] = bool(old[k] or new[k])
+        elif name == "event_ids":
+            out[k] = ",".join(v for v in (old[k], new[k]) if v)
         elif new[k] is not None:
             out[k] = new[k]
     return out

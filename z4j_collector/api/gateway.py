@@ -186,9 +186,11 @@ class Gateway:
             if problem is not None:
                 rejected, reason = rejected + 1, problem
                 continue
-            for field, value in zip(ev.__struct_fields__, msgspec.structs.astuple(ev)):
-                if type(value) is str and "\x00" in value:
-                    setattr(ev, field, value.replace("\x00", "\ufffd"))
+            strings = [v for v in astuple(ev) if type(v) is str]
+            if "\x00" in "".join(strings):
+                for field, value in zip(ev.__struct_fields__, astuple(ev)):
+                    if type(value) is str and "\x00" in value:
+                        setattr(ev, field, value.replace("\x00", "\ufffd"))
             if type(ev) is p.TaskEvent:
                 redact_event(self.redactor, ev)
             elif type(ev) is p.WorkerEvent:
@@ -206,17 +208,19 @@ class Gateway:
             pass
 
 
-# What the store can keep (column sizes in migrations/versions/…_initial.py).
-_LIMITS = {"id": 64, "task_id": 255, "engine": 32, "worker": 255, "queue": 255}
+# What the store can keep (column sizes in migrations/versions/…_initial.py):
+# the fields that are keys, per event type.
+_LIMITS = {
+    p.TaskEvent: (("id", 64), ("engine", 32), ("task_id", 255)),
+    p.WorkerEvent: (("id", 64), ("engine", 32), ("worker", 255)),
+    p.QueueEvent: (("id", 64), ("engine", 32), ("queue", 255)),
+}
+astuple = msgspec.structs.astuple
 
 
 def _key_problem(ev: Any) -> str | None:
-    for field in ("id", "engine", "task_id", "worker", "queue"):
-        value = getattr(ev, field, None)
-        if field in ("worker", "queue") and type(ev) is p.TaskEvent:
-            continue  # descriptive on task events, stored as text
-        if value is None:
-            continue
-        if not value or len(value) > _LIMITS[field] or "\x00" in value:
-            return f"{type(ev).__name__}.{field} must be 1 to {_LIMITS[field]} characters without NUL"
+    for field, limit in _LIMITS[type(ev)]:
+        value = getattr(ev, field)
+        if not value or len(value) > limit or "\x00" in value:
+            return f"{type(ev).__name__}.{field} must be 1 to {limit} characters without NUL"
     return None

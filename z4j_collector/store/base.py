@@ -408,15 +408,22 @@ class SqlStore:
         return task
 
     async def task_events(self, project_id: int, engine: str, task_id: str) -> list[dict[str, Any]]:
-        rows = await self.fetchall(
-            "SELECT data FROM task_events WHERE project_id = ? AND engine = ? AND task_id = ? ORDER BY ts, id",
+        row = await self.fetchone(
+            "SELECT event_ids FROM tasks WHERE project_id = ? AND engine = ? AND task_id = ?",
             (project_id, engine, task_id),
         )
+        ids = row[0].split(",") if row and row[0] else []
         events = []
-        for (data,) in rows:
-            event = msgspec.json.decode(data)
-            event.pop("replay", None)
-            events.append(event)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            found = await self.fetchall(
+                f"SELECT data FROM task_events WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
+            )
+            for (data,) in found:
+                event = msgspec.json.decode(data)
+                event.pop("replay", None)
+                events.append(event)
+        events.sort(key=lambda e: (e["ts"], e["id"]))
         return events
 
     async def list_workers(self, project_id: int) -> list[dict[str, Any]]:
@@ -535,6 +542,12 @@ def _upsert_task_sql() -> str:
             sets.append("retries = CASE WHEN tasks.retries IS NULL OR excluded.retries > tasks.retries THEN COALESCE(excluded.retries, tasks.retries) ELSE tasks.retries END")
         elif col == "redacted":
             sets.append("redacted = (excluded.redacted OR tasks.redacted)")
+        elif col == "event_ids":
+            sets.append(
+                "event_ids = CASE WHEN tasks.event_ids IS NULL THEN excluded.event_ids "
+                "WHEN excluded.event_ids IS NULL THEN tasks.event_ids "
+                "ELSE tasks.event_ids || ',' || excluded.event_ids END"
+            )
         else:
             sets.append(f"{col} = COALESCE(excluded.{col}, tasks.{col})")
     return (
