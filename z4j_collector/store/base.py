@@ -131,6 +131,10 @@ class SqlStore:
     def search_clause(self, columns: Sequence[str]) -> str:
         return "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")"
 
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """One statement in its own write transaction; the number of rows changed."""
+        return await self.write(lambda tx: tx.execute(sql, params))
+
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple | None:
         rows = await self.fetchall(sql, params)
         return rows[0] if rows else None
@@ -174,21 +178,15 @@ class SqlStore:
         return AgentRow(row[0], row[1], row[2], row[3], bytes(row[4]), row[5] is not None)
 
     async def agent_seen(self, agent_id: int, hostname: str, version: str, engines: list[str]) -> None:
-        async def tx_fn(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE agents SET last_seen_at = ?, hostname = ?, version = ?, engines = ? WHERE id = ?",
-                (time.time(), hostname, version, _json_encode(engines).decode(), agent_id),
-            )
-
-        await self.write(tx_fn)
+        await self.execute(
+            "UPDATE agents SET last_seen_at = ?, hostname = ?, version = ?, engines = ? WHERE id = ?",
+            (time.time(), hostname, version, _json_encode(engines).decode(), agent_id),
+        )
 
     async def agent_heartbeat(self, agent_id: int, dropped: int) -> None:
-        async def tx_fn(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE agents SET last_seen_at = ?, dropped_events = ? WHERE id = ?", (time.time(), dropped, agent_id)
-            )
-
-        await self.write(tx_fn)
+        await self.execute(
+            "UPDATE agents SET last_seen_at = ?, dropped_events = ? WHERE id = ?", (time.time(), dropped, agent_id)
+        )
 
     async def list_agents(self, project_id: int) -> list[dict[str, Any]]:
         cols = ("id", "name", "created_at", "revoked_at", "last_seen_at", "hostname", "version", "engines", "dropped_events")
@@ -228,10 +226,7 @@ class SqlStore:
         return TokenRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
     async def token_used(self, token_id: int) -> None:
-        async def tx_fn(tx: Tx) -> None:
-            await tx.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id))
-
-        await self.write(tx_fn)
+        await self.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id))
 
     # -------------------------------------------------- ingest
 
@@ -458,23 +453,17 @@ class SqlStore:
         self, command_id: str, project_id: int, agent_id: int | None, action: str, args: dict[str, Any],
         requested_by: str,
     ) -> None:
-        async def tx_fn(tx: Tx) -> None:
-            await tx.execute(
-                "INSERT INTO commands (id, project_id, agent_id, action, args, state, requested_by, created_at) "
-                "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (command_id, project_id, agent_id, action, _json_encode(args).decode(), requested_by, time.time()),
-            )
-
-        await self.write(tx_fn)
+        await self.execute(
+            "INSERT INTO commands (id, project_id, agent_id, action, args, state, requested_by, created_at) "
+            "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
+            (command_id, project_id, agent_id, action, _json_encode(args).decode(), requested_by, time.time()),
+        )
 
     async def command_dispatched(self, command_id: str) -> None:
-        async def tx_fn(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE commands SET state = 'dispatched', dispatched_at = ? WHERE id = ? AND state = 'pending'",
-                (time.time(), command_id),
-            )
-
-        await self.write(tx_fn)
+        await self.execute(
+            "UPDATE commands SET state = 'dispatched', dispatched_at = ? WHERE id = ? AND state = 'pending'",
+            (time.time(), command_id),
+        )
 
     async def command_finished(
         self, command_id: str, state: str, result: Any, error: str | None, agent_id: int | None = None
@@ -490,10 +479,7 @@ class SqlStore:
             sql += " AND agent_id = ?"
             params.append(agent_id)
 
-        async def tx_fn(tx: Tx) -> bool:
-            return await tx.execute(sql, params) > 0
-
-        return await self.write(tx_fn)
+        return await self.execute(sql, params) > 0
 
     async def get_command(self, project_id: int, command_id: str) -> dict[str, Any] | None:
         cols = ("id", "agent_id", "action", "args", "state", "requested_by", "created_at",
