@@ -87,7 +87,9 @@ def check(db: DbOption = None, as_json: JsonOption = False) -> None:
     except CollectorError as exc:
         record("config", False, exc.message)
         settings = None
-    if settings is not None:
+    if settings is not None and settings.dialect == "sqlite" and not migrate.sqlite_path(settings.db_url).exists():
+        record("database", False, f"{migrate.sqlite_path(settings.db_url)} does not exist: run `z4j db upgrade`")
+    elif settings is not None:
         try:
             revision = migrate.current(settings.db_url)
             record("database", True, f"{settings.dialect} reachable")

@@ -42,6 +42,8 @@ def test_server_commands_on_a_fresh_database(db_url):
     assert before.returncode == 1, before.stdout
     assert any(line.startswith("FAIL") and "run `z4j db upgrade`" in line for line in before.stdout.splitlines())
     assert sqlite_file is None or not sqlite_file.exists(), "check created the database"
+    if sqlite_file is not None:  # a missing file is not a "reachable" database
+        assert any(line.startswith("FAIL database") for line in before.stdout.splitlines()), before.stdout
 
     z4j("db", "upgrade", "--db", db_url)
     after = z4j("check", "--db", db_url, "--json")

@@ -36,9 +36,13 @@ def _config(url: str):
     return cfg
 
 
+def sqlite_path(url: str) -> Path:
+    return Path(url[len("sqlite:///"):])
+
+
 def ensure_sqlite_parent(url: str) -> None:
     if dialect_of(url) == "sqlite":
-        path = Path(url[len("sqlite:///"):])
+        path = sqlite_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         # WAL is a property of the file: set it once, before anyone else opens it.
         with sqlite3.connect(path) as conn:
@@ -66,7 +70,7 @@ def current(url: str) -> str | None:
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import create_engine, pool
 
-    if dialect_of(url) == "sqlite" and not Path(url[len("sqlite:///"):]).exists():
+    if dialect_of(url) == "sqlite" and not sqlite_path(url).exists():
         return None
     engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     try:
