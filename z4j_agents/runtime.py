@@ -18,6 +18,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,10 @@ class AgentRuntime:
         self.acked_events = 0
         self.sent_batches = 0
         self.last_error: str | None = None
-        os.register_at_fork(after_in_child=self._after_fork_in_child)
+        # A weak reference: the interpreter keeps fork hooks forever, a
+        # discarded runtime must not be kept alive by one.
+        hook = weakref.WeakMethod(self._after_fork_in_child)
+        os.register_at_fork(after_in_child=lambda: (method := hook()) is not None and method())
 
     # ------------------------------------------------------------ host side
 
@@ -141,6 +145,7 @@ class AgentRuntime:
         self._loop = None
         self._wake = None
         self.connected = threading.Event()
+        self.dropped = self.rejected = self.acked_events = self.sent_batches = 0  # the parent's, not ours
         self._restart_in_child = was_running
 
     # ------------------------------------------------------------ agent thread

@@ -64,3 +64,21 @@ def test_time_ordered_ids_are_unique():
     ids = [p.new_id() for _ in range(50_000)]
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 for i in ids)
+
+
+def test_forked_child_starts_empty_and_keeps_the_parents_buffer_apart():
+    import os
+
+    config = AgentConfig(brain_url="ws://127.0.0.1:9/agent/ws", token="t", hmac_secret="s", buffer_max=1)
+    agent = Agent(config, engine="bare", start=False)
+    agent.queue("q", 1)
+    agent.queue("q", 2)  # over the bound: dropped in the parent
+    assert (agent.runtime.dropped, len(agent.runtime._queue)) == (1, 1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child reports what it inherited, then leaves at once
+        os.write(write, f"{agent.runtime.dropped},{len(agent.runtime._queue)}".encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 100) == b"0,0"
+    assert (agent.runtime.dropped, len(agent.runtime._queue)) == (1, 1)

@@ -165,8 +165,9 @@ class PostgresServer:
     user = "z4j"
 
     def __init__(self, *, durable: bool = False, max_connections: int = 200,
-                 start_timeout: float = 60.0) -> None:
+                 start_timeout: float = 60.0, settings: tuple[str, ...] = ()) -> None:
         self.durable = durable
+        self.extra_settings = settings
         self.max_connections = max_connections
         self.start_timeout = start_timeout
         self.port: int | None = None
@@ -256,6 +257,7 @@ class PostgresServer:
         if not self.durable:
             settings += ["fsync = off", "synchronous_commit = off",
                          "full_page_writes = off"]
+        settings += list(self.extra_settings)
         # Appending keeps the file's owner (the postgres user when root).
         with open(self.data_dir / "postgresql.conf", "a") as f:
             f.write("\n# z4j tests\n" + "\n".join(settings) + "\n")

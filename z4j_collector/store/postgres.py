@@ -31,7 +31,12 @@ _STAGING = (
 _COPY_EVENTS = f"COPY stage_events ({', '.join(INSERT_EVENT_COLUMNS)}) FROM STDIN"
 _INSERT_EVENTS = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
-    f"SELECT {', '.join(INSERT_EVENT_COLUMNS)} FROM stage_events ON CONFLICT (id) DO NOTHING RETURNING id"
+    f"SELECT {', '.join(INSERT_EVENT_COLUMNS)} FROM stage_events ON CONFLICT (id) DO NOTHING"
+)
+# After the insert, an event that was already stored keeps its older
+# ingested_at: what differs from the staged row was a duplicate.
+_NEW_EVENTS = (
+    "SELECT s.id FROM stage_events s JOIN task_events t ON t.id = s.id WHERE t.ingested_at = s.ingested_at"
 )
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
@@ -104,7 +109,9 @@ class PostgresStore(SqlStore):
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         await tx.copy_in(_COPY_EVENTS, rows)
-        return {r[0] for r in await tx.fetchall(_INSERT_EVENTS)}
+        if await tx.execute(_INSERT_EVENTS) == len(rows):
+            return {row[0] for row in rows}  # the usual case: nothing was stored before
+        return {r[0] for r in await tx.fetchall(_NEW_EVENTS)}
 
     async def upsert_tasks(self, tx: _Tx, rows: list[list[Any]]) -> None:
         await tx.copy_in(_COPY_TASKS, rows)
