@@ -469,7 +469,8 @@ class _Policy:
         state[_HIT] = True
         return MASK
 
-    def _dict(self, v: Any, depth: int, state: _State, masking: bool) -> Any:
+    def _enter(self, v: Any, depth: int, state: _State) -> str | None:
+        """Start walking container ``v``: the marker to return instead, or None."""
         if depth >= self._max_depth:
             return DEPTH_LIMIT
         ident = id(v)
@@ -477,6 +478,12 @@ class _Policy:
         if ident in path:
             return CYCLE
         path.add(ident)
+        return None
+
+    def _dict(self, v: Any, depth: int, state: _State, masking: bool) -> Any:
+        stop = self._enter(v, depth, state)
+        if stop is not None:
+            return stop
         depth += 1
         out = {}
         cache, min_len = self._key_cache, self._min_len
@@ -497,17 +504,13 @@ class _Policy:
             elif t not in _SCALARS:
                 x = self.walk(x, depth, state)
             out[info[1]] = x
-        path.discard(ident)
+        state[_PATH].discard(id(v))
         return out
 
     def _sequence(self, v: Any, depth: int, state: _State, masking: bool) -> Any:
-        if depth >= self._max_depth:
-            return DEPTH_LIMIT
-        ident = id(v)
-        path = state[_PATH]
-        if ident in path:
-            return CYCLE
-        path.add(ident)
+        stop = self._enter(v, depth, state)
+        if stop is not None:
+            return stop
         depth += 1
         items = list(v)
         if masking:
@@ -526,7 +529,7 @@ class _Policy:
                         out[i] = string(x, state)
                 elif t not in _SCALARS:
                     out[i] = walk(x, depth, state)
-        path.discard(ident)
+        state[_PATH].discard(id(v))
         return out
 
     def _other(self, v: Any, depth: int, state: _State, masking: bool) -> Any:

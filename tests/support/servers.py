@@ -65,6 +65,15 @@ def _unregister(server: object) -> None:
         _live.pop(id(server), None)
 
 
+def _forget(server: "PostgresServer | RedisServer", folder: Path | None) -> None:
+    """After stopping: no longer tracked, no port, folder gone."""
+    _unregister(server)
+    server.port = None
+    server.dir = None
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _stop_all() -> None:
     with _live_lock:
         servers = list(_live.values())
@@ -299,11 +308,7 @@ class PostgresServer:
                 if not ok:
                     self._kill_postmaster(d / "data" / "postmaster.pid")
         finally:
-            _unregister(self)
-            self.port = None
-            self.dir = None
-            if d is not None:
-                shutil.rmtree(d, ignore_errors=True)
+            _forget(self, d)
 
     @staticmethod
     def _kill_postmaster(pidfile: Path) -> None:
@@ -439,11 +444,7 @@ class RedisServer:
         try:
             self._terminate()
         finally:
-            _unregister(self)
-            self.port = None
-            self.dir = None
-            if d is not None:
-                shutil.rmtree(d, ignore_errors=True)
+            _forget(self, d)
 
     def command(self, *parts: str | bytes) -> bytes:
         """Send one command (RESP array) and return the raw first reply."""

@@ -54,7 +54,6 @@ class GatewaySession:
         self.verifier = p.Verifier(key)
         self.send_lock = asyncio.Lock()
         self.inflight = asyncio.Semaphore(MAX_UNACKED_PER_CONNECTION)
-        self.heartbeat: p.Heartbeat | None = None
 
     async def send(self, frame: p.Frame) -> None:
         async with self.send_lock:
@@ -98,7 +97,6 @@ class Gateway:
                 elif isinstance(frame, p.CommandResult):
                     await self.commands.on_result(session.agent_id, frame)
                 elif isinstance(frame, p.Heartbeat):
-                    session.heartbeat = frame
                     await self.store.agent_heartbeat(session.agent_id, frame.dropped)
                 else:
                     raise Refused("unexpected_frame", f"agents may not send {type(frame).__name__} frames", CLOSE_BAD_FRAME)

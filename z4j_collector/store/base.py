@@ -225,9 +225,6 @@ class SqlStore:
             return None
         return TokenRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
-    async def token_used(self, token_id: int) -> None:
-        await self.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (time.time(), token_id))
-
     # -------------------------------------------------- ingest
 
     async def ingest(self, items: list[IngestItem], watched: frozenset[int] = frozenset()) -> IngestResult:
