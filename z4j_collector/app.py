@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sys
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 
@@ -15,18 +17,26 @@ from litestar.plugins import InitPluginProtocol
 
 from z4j_agents.redaction import default_redactor
 from z4j_collector import __version__
+from z4j_collector.api.admin import ProjectController, UserController
+from z4j_collector.api.audit import AuditController
+from z4j_collector.api.auth import AuthController
 from z4j_collector.api.commands import CommandController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
 from z4j_collector.api.schemas import Health
 from z4j_collector.api.stream import project_stream
 from z4j_collector.api.tasks import TaskController
-from z4j_collector.errors import CollectorError, MigrationRequired
+from z4j_collector.errors import CollectorError, MigrationRequired, RateLimited
 from z4j_collector.guards import requires_permission
+from z4j_collector.keys import AuditKeys
 from z4j_collector.services.agents import AgentRegistry
+from z4j_collector.services.audit import Audit
 from z4j_collector.services.commands import CommandService
 from z4j_collector.services.hub import Hub
+from z4j_collector.services.identity import Identity
 from z4j_collector.services.ingest import IngestWriter
+from z4j_collector.services.mail import Mailer
+from z4j_collector.services.membership import Membership
 from z4j_collector.settings import Settings
 from z4j_collector.store import make_store, migrate
 
@@ -61,7 +71,8 @@ def error_response(request: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error on %s", request.url.path)
         status, code, message = 500, "internal", "internal error; see the collector log"
-    return Response({"code": code, "message": message}, status_code=status)
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, RateLimited) else None
+    return Response({"code": code, "message": message}, status_code=status, headers=headers)
 
 
 class CollectorPlugin(InitPluginProtocol):
@@ -70,7 +81,8 @@ class CollectorPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
-            [health, agent_gateway, project_stream, TaskController, FleetController, CommandController]
+            [health, agent_gateway, project_stream, TaskController, FleetController, CommandController,
+             AuthController, UserController, ProjectController, AuditController]
         )
         app_config.guards.append(requires_permission)
         app_config.exception_handlers[Exception] = error_response
@@ -86,19 +98,35 @@ class CollectorPlugin(InitPluginProtocol):
             raise MigrationRequired(
                 f"database is at revision {revision or 'none'}, code needs {head}: run `z4j db upgrade`"
             )
+        keys = AuditKeys.load()
         store = make_store(settings.db_url)
         await store.open()
         hub = Hub()
         registry = AgentRegistry()
+        audit = Audit(store, keys)
+        identity = Identity(store, audit, settings)
         writer = IngestWriter(store, hub, max_batches=settings.ingest_queue_batches)
         writer.start()
         app.state.update(
-            store=store, hub=hub, registry=registry, writer=writer,
-            commands=CommandService(store, registry), redactor=default_redactor(),
+            store=store, hub=hub, registry=registry, writer=writer, audit=audit, identity=identity,
+            membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
+            commands=CommandService(store, registry, audit), redactor=default_redactor(),
         )
+        checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))
         try:
+            token = await identity.issue_setup_token()
+            if token is not None:
+                # stderr, once: whoever can read the server's console sets it up.
+                print(
+                    f"z4j: no user exists yet. Create the first superuser within "
+                    f"{settings.setup_ttl_s / 3600:.0f} h with:\n"
+                    f"    z4j setup --url {settings.base_url} --token {token} --email YOU@EXAMPLE.COM\n"
+                    f"  (or POST {settings.base_url}/api/v1/setup with this token)",
+                    file=sys.stderr, flush=True,
+                )
             yield
         finally:
+            checkpoints.cancel()
             await writer.stop()
             await store.close()
 

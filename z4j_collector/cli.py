@@ -122,8 +122,7 @@ def status(db: DbOption = None, as_json: JsonOption = False) -> None:
     revision = migrate.current(settings.db_url)
     if revision is None:
         fail(f"database {_safe_url(settings.db_url)} is empty: run `z4j db upgrade`")
-    data = {"version": __version__, "database": settings.dialect, "revision": revision, "users": 0,
-            **asyncio.run(counts())}
+    data = {"version": __version__, "database": settings.dialect, "revision": revision, **asyncio.run(counts())}
     emit(data, as_json, "\n".join(f"{k}: {v}" for k, v in data.items()))
 
 
@@ -134,20 +133,16 @@ def create_agent(
     as_json: JsonOption = False,
 ) -> None:
     """Create an agent; print its token and HMAC secret (shown once)."""
-    from z4j_collector.services.agents import create_agent as make
-    from z4j_collector.store import make_store
-
     if not name:
         fail("--name is required")
     settings = Settings.load(db)
-    creds = asyncio.run(_with_store(settings, lambda store: make(store, project, name)))
-    url = os.environ.get("Z4J_PUBLIC_URL") or f"http://{settings.host}:{settings.port}"
-    data = {"agent_id": creds.agent_id, "project": creds.project, "name": creds.name,
-            "token": creds.token, "hmac_secret": creds.hmac_secret, "brain_url": url}
-    emit(data, as_json, (
-        f"export Z4J_BRAIN_URL={url}\nexport Z4J_TOKEN={creds.token}\n"
-        f"export Z4J_HMAC_SECRET={creds.hmac_secret}\nexport Z4J_PROJECT_ID={creds.project}\n"
-        f"export Z4J_AGENT_NAME={creds.name}"
+    creds = asyncio.run(_with_services(settings, lambda s: s.membership.create_agent(s.shell(project), name),
+                                       project))
+    url = settings.base_url
+    emit({**creds, "brain_url": url}, as_json, (
+        f"export Z4J_BRAIN_URL={url}\nexport Z4J_TOKEN={creds['token']}\n"
+        f"export Z4J_HMAC_SECRET={creds['hmac_secret']}\nexport Z4J_PROJECT_ID={creds['project']}\n"
+        f"export Z4J_AGENT_NAME={creds['name']}"
     ))
     typer.echo("z4j: the token and secret are shown once; store them now", err=True)
 
@@ -160,29 +155,192 @@ def create_token(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a project API token for scripts (shown once)."""
-    import secrets
-
-    from z4j_agents import protocol as p
-    from z4j_collector.guards import ROLES
+    """Create a project service token for scripts, not tied to a user (shown once)."""
+    from z4j_collector.roles import ROLES
 
     if role not in ROLES:
         fail(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     if expires_days < 0:
         fail("--expires-days must be 0 (never) or more")
     settings = Settings.load(db)
-    token = "z4jt_" + secrets.token_urlsafe(32)
-    expires_at = time.time() + expires_days * 86400 if expires_days else None
+    data = asyncio.run(_with_services(settings, lambda s: s.service_token(project, name, role, expires_days),
+                                      project))
+    emit(data, as_json, f"export Z4J_API_TOKEN={data['token']}")
 
-    async def make(store: Any) -> int:
-        project_id = await store.project_id(project)
-        if project_id is None:
-            raise CollectorError(f"no project {project!r}")
-        return await store.create_api_token(project_id, name, role, p.token_hash(token), expires_at)
 
-    token_id = asyncio.run(_with_store(settings, make))
-    emit({"id": token_id, "project": project, "role": role, "token": token, "expires_at": expires_at},
-         as_json, f"export Z4J_API_TOKEN={token}")
+def create_user(
+    email: Annotated[str, typer.Option(help="The user's e-mail address (their login)")],
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the password from stdin")] = False,
+    superuser: Annotated[bool, typer.Option("--superuser", help="Instance superuser: owner of every project")] = False,
+    name: Annotated[str, typer.Option(help="Display name")] = "",
+    project: Annotated[str | None, typer.Option(help="Also make them a member of this project")] = None,
+    role: Annotated[str, typer.Option(help="Their role in --project")] = "viewer",
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a user from the server's shell (scripted installs)."""
+    from z4j_collector.roles import check_role
+
+    if not password_stdin:
+        fail("pass the password on stdin with --password-stdin (never on the command line)")
+    password = sys.stdin.readline().rstrip("\r\n")
+    check_role(role)
+    settings = Settings.load(db)
+
+    async def make(s: _Services) -> int:
+        project_id = None
+        if project is not None:
+            project_id = await s.store.project_id(project)
+            if project_id is None:
+                raise CollectorError(f"no project {project!r}")
+        user_id = await s.identity.create_user(SHELL_ACTOR(), email, password, name, superuser, project_id,
+                                               role if project_id else None)
+        if project is None and not superuser and (default := await s.store.project_id("default")) is not None:
+            await s.membership.set_role(s.shell("default", default), user_id, role)
+        return user_id
+
+    user_id = asyncio.run(_with_services(settings, make))
+    emit({"id": user_id, "email": email.strip().lower(), "superuser": superuser}, as_json,
+         f"user {email.strip().lower()} created (id {user_id}){' as superuser' if superuser else ''}")
+
+
+def audit_verify(
+    project: Annotated[str | None, typer.Option(help="Project slug (default: every chain, the instance's too)")] = None,
+    checkpoint: Annotated[str | None, typer.Option(help="An exported checkpoint file to check the log against")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Walk the audit chains; exit 1 naming the first bad row."""
+    import json
+
+    from z4j_collector import auditchain
+    from z4j_collector.keys import public_key_from_b64
+
+    settings = Settings.load(db)
+    extra: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        try:
+            data = json.loads(open(checkpoint, encoding="utf-8").read())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read checkpoint file {checkpoint}: {exc}")
+        if not isinstance(data, dict) or data.get("format") != auditchain.CHECKPOINT_FORMAT:
+            fail(f"{checkpoint} is not a z4j checkpoint file (format {auditchain.CHECKPOINT_FORMAT})")
+        extra = [c for c in data.get("checkpoints", []) if isinstance(c, dict)]
+        file_key = data.get("public_key", "")
+
+    async def run(s: _Services) -> list[dict[str, Any]]:
+        if checkpoint is not None:
+            if file_key != s.audit.keys.public_b64:
+                public_key_from_b64(file_key)  # a clear error when it is not a key at all
+                raise CollectorError(f"{checkpoint} was signed by another key ({file_key[:12]}…) than this "
+                                     f"collector's ({s.audit.keys.public_b64[:12]}…)")
+        if project is not None:
+            project_id = await s.store.project_id(project)
+            if project_id is None:
+                raise CollectorError(f"no project {project!r}")
+            chains = {project_id: project}
+        else:
+            chains = {0: "(instance)"} | {p["id"]: p["slug"] for p in await s.store.list_projects()}
+            chains = {i: slug for i, slug in chains.items()
+                      if i in set(await s.store.audit_chains()) or any(c.get("project_id") == i for c in extra)}
+        reports = []
+        for project_id, slug in chains.items():
+            report = await s.audit.verify(project_id, extra)
+            reports.append({"project": slug, **report.to_dict()})
+        return reports
+
+    reports = asyncio.run(_with_services(settings, run))
+    ok = all(r["ok"] for r in reports)
+    lines = []
+    for r in reports:
+        if r["ok"]:
+            lines.append(f"ok   {r['project']}: {r['rows']} rows, seq {r['first_seq']}–{r['last_seq']}, "
+                         f"{r['checkpoints_checked']} checkpoints")
+        else:
+            lines.extend(f"FAIL {r['project']}: {p['message']}" for p in r["problems"])
+    emit({"ok": ok, "chains": reports}, as_json, "\n".join(lines) or "no audit rows yet")
+    if not ok:
+        raise typer.Exit(1)
+
+
+def audit_export(
+    out: Annotated[str, typer.Option("--out", help="File to write (keep it off this machine)")],
+    db: DbOption = None,
+) -> None:
+    """Sign a checkpoint of every chain now and write them to a file."""
+    import json
+
+    settings = Settings.load(db)
+
+    async def run(s: _Services) -> dict[str, Any]:
+        cps = await s.audit.checkpoint_all()
+        names = {0: "(instance)"} | {p["id"]: p["slug"] for p in await s.store.list_projects()}
+        return s.audit.export(cps, names)
+
+    data = asyncio.run(_with_services(settings, run))
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2)
+    typer.echo(f"{len(data['checkpoints'])} signed checkpoints written to {out}", err=True)
+
+
+class _Services:
+    """The collector's services over one store, for commands run on the server's host."""
+
+    def __init__(self, store: Any, settings: Settings) -> None:
+        from z4j_collector.keys import AuditKeys
+        from z4j_collector.services.audit import Audit
+        from z4j_collector.services.identity import Identity
+        from z4j_collector.services.mail import Mailer
+        from z4j_collector.services.membership import Membership
+
+        self.store = store
+        self.audit = Audit(store, AuditKeys.load())
+        self.identity = Identity(store, self.audit, settings)
+        self.membership = Membership(store, self.audit, self.identity, Mailer(settings.smtp))
+        self.slug_ids: dict[str, int] = {}
+
+    def shell(self, project: str, project_id: int | None = None) -> Any:
+        from z4j_collector.services.identity import Access, Principal
+
+        principal = Principal("shell", 0, None, "server-shell", True, source="local")
+        return Access(principal, project_id if project_id is not None else self.slug_ids[project], project, "owner")
+
+    async def service_token(self, project: str, name: str, role: str, expires_days: float) -> dict[str, Any]:
+        from z4j_collector.services import secrets as sec
+
+        token, digest = sec.new_token("api")
+        now = time.time()
+        expires_at = now + expires_days * 86400 if expires_days else None
+        access = self.shell(project)
+
+        async def tx_fn(tx: Any) -> int:
+            token_id = await self.store.insert_api_token(tx, access.project_id, None, name, role, digest, now,
+                                                         expires_at)
+            await self.audit.record(tx, access.actor.entry(access.project_id, "token.create", f"token:{token_id}",
+                                                           name=name, role=role, service=True), now)
+            return token_id
+
+        token_id = await self.store.write(tx_fn)
+        return {"id": token_id, "project": project, "role": role, "token": token, "expires_at": expires_at}
+
+
+def SHELL_ACTOR() -> Any:  # noqa: N802 - reads like the constant it returns
+    from z4j_collector.services.audit import SHELL
+
+    return SHELL
+
+
+async def _with_services(settings: Settings, fn: Any, project: str | None = None) -> Any:
+    async def run(store: Any) -> Any:
+        services = _Services(store, settings)
+        if project is not None:
+            project_id = await store.project_id(project)
+            if project_id is None:
+                raise CollectorError(f"no project {project!r}")
+            services.slug_ids[project] = project_id
+        return await fn(services)
+
+    return await _with_store(settings, run)
 
 
 async def _with_store(settings: Settings, fn: Any) -> Any:
@@ -204,7 +362,7 @@ def _safe_url(url: str) -> str:
     return default_redactor().redact_text(url)[0]
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer) -> dict[str, typer.Typer]:
     app.command()(serve)
     app.command()(check)
     app.command()(status)
@@ -214,7 +372,18 @@ def register(app: typer.Typer) -> None:
     admin_app = typer.Typer(help="Server-side administration (runs on the collector's host).", no_args_is_help=True)
     admin_app.command("create-agent")(create_agent)
     admin_app.command("create-token")(create_token)
+    admin_app.command("create-user")(create_user)
     app.add_typer(admin_app, name="admin")
+    # `z4j audit verify` and `checkpoint export` read the database and the
+    # audit keys, so they run on the collector's host; the client adds
+    # `audit list` (through the API) to the same group.
+    audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+    audit_app.command("verify")(audit_verify)
+    checkpoint_app = typer.Typer(help="Signed checkpoints of the audit chains.", no_args_is_help=True)
+    checkpoint_app.command("export")(audit_export)
+    audit_app.add_typer(checkpoint_app, name="checkpoint")
+    app.add_typer(audit_app, name="audit")
+    return {"audit": audit_app}
 
 
 def main() -> None:  # pragma: no cover - used by `python -m z4j_collector.cli`

@@ -38,6 +38,15 @@ class Conflict(CollectorError):
     code = "conflict"
 
 
+class RateLimited(CollectorError):
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 class StoreError(CollectorError):
     status_code = 503
     code = "store_unavailable"

@@ -1,49 +1,40 @@
 """Who may call what: every route declares ``opt={"permission": …}``.
 
 Deny by default: a route without a declared permission is refused at run
-time, and tests/collector/test_routes.py fails on it.
+time, and tests/collector/test_rbac.py fails on it.
 
-Until the identity issue adds users and sessions, callers authenticate with
-project-scoped API tokens (``Authorization: Bearer z4jt_…``) minted by
-``z4j admin create-token``; the token's role is checked against the role the
-permission needs (PRODUCT.md §5).
+Callers authenticate with ``Authorization: Bearer <token>``: a login session
+(``z4js_…``) or an API token (``z4jt_…``). Project routes resolve the caller's
+effective role on the project in the path (a superuser is owner everywhere;
+an API token is capped by its own role and by its user's role of today) and
+compare it with the role the permission needs (PRODUCT.md §5). A project the
+caller has no role on answers 404, as if it did not exist.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from z4j_agents import protocol as p
-from z4j_collector.errors import Forbidden, NotFound, Unauthorized
+from z4j_collector.errors import Forbidden
+from z4j_collector.services.identity import Access, Principal
 
-ROLES = ("viewer", "operator", "admin", "owner")
-
-# permission -> the lowest role that has it ("public" and "agent" need no
-# API token: the agent gateway authenticates agents itself).
+# permission -> who has it: None (anyone: the route authenticates itself or
+# is public), "user" (any logged-in caller), "superuser", or the lowest
+# project role.
 PERMISSIONS: dict[str, str | None] = {
     "public": None,
     "agent": None,
+    "user": "user",
+    "superuser": "superuser",
     "tasks:read": "viewer",
+    "agents:read": "viewer",
+    "audit:read": "operator",
     "actions:write": "operator",
-    "agents:read": "admin",
-    "agents:write": "admin",
+    "config:write": "admin",
+    "members:read": "admin",
+    "project:owner": "owner",
 }
-
-
-@dataclass(frozen=True)
-class Principal:
-    token_id: int
-    project_id: int
-    project: str
-    role: str
-    name: str
-
-    def has(self, role: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(role)
 
 
 def bearer_token(connection: ASGIConnection) -> str | None:
@@ -51,16 +42,9 @@ def bearer_token(connection: ASGIConnection) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def authenticate(connection: ASGIConnection) -> Principal:
-    token = bearer_token(connection)
-    if token is None:
-        raise Unauthorized("missing API token (Authorization: Bearer …)")
-    row = await connection.app.state.store.api_token(p.token_hash(token))
-    if row is None or row.revoked:
-        raise Unauthorized("unknown or revoked API token", code="bad_token")
-    if row.expires_at is not None and row.expires_at < time.time():
-        raise Unauthorized("API token has expired", code="token_expired")
-    return Principal(row.id, row.project_id, row.project, row.role, row.name)
+def source_of(connection: ASGIConnection) -> str:
+    client = connection.client
+    return client.host if client else "unknown"
 
 
 async def requires_permission(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -70,15 +54,28 @@ async def requires_permission(connection: ASGIConnection, handler: BaseRouteHand
     needed = PERMISSIONS[permission]
     if needed is None:
         return
-    principal = await authenticate(connection)
-    project = connection.path_params.get("project")
-    if project is not None and project != principal.project:
-        # Tokens are scoped to one project; other projects do not exist for them.
-        raise NotFound(f"no project {project!r}")
-    if not principal.has(needed):
-        raise Forbidden(f"{permission} needs the {needed} role; this token is {principal.role}")
+    identity = connection.app.state.identity
+    principal: Principal = await identity.authenticate(bearer_token(connection), source_of(connection))
     connection.scope["z4j_principal"] = principal  # type: ignore[typeddict-unknown-key]
+    if needed == "user":
+        return
+    if needed == "superuser":
+        if not principal.is_superuser:
+            raise Forbidden("this needs an instance superuser")
+        return
+    project = connection.path_params.get("project")
+    if project is None:
+        raise Forbidden(f"route {connection.url.path} has a project permission but no project", code="bad_route")
+    access: Access = await identity.access(principal, project)
+    if not access.has(needed):
+        raise Forbidden(f"{permission} needs the {needed} role; you are {access.role} on {access.project!r}")
+    connection.scope["z4j_access"] = access  # type: ignore[typeddict-unknown-key]
 
 
 def principal_of(connection: ASGIConnection) -> Principal:
     return connection.scope["z4j_principal"]  # type: ignore[typeddict-item]
+
+
+def access_of(connection: ASGIConnection) -> Access:
+    """The caller's access to the route's project (project routes only)."""
+    return connection.scope["z4j_access"]  # type: ignore[typeddict-item]

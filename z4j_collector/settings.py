@@ -41,6 +41,58 @@ def dialect_of(url: str) -> str:
     return "postgresql" if url.startswith("postgresql://") else "sqlite"
 
 
+def _env_number(var: str, default: float) -> float:
+    raw = os.environ.get(var)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ConfigError(f"{var} must be more than 0, got {raw!r}")
+    return value
+
+
+# (Settings field, environment variable, default), all in seconds.
+_DURATIONS = (
+    ("session_idle_s", "Z4J_SESSION_IDLE_S", 8 * 3600),
+    ("session_max_s", "Z4J_SESSION_MAX_S", 7 * 86400),
+    ("login_window_s", "Z4J_LOGIN_WINDOW_S", 60.0),
+    ("invite_ttl_s", "Z4J_INVITE_TTL_S", 7 * 86400),
+    ("reset_ttl_s", "Z4J_RESET_TTL_S", 3600.0),
+    ("checkpoint_interval_s", "Z4J_AUDIT_CHECKPOINT_S", 3600.0),
+)
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """Outgoing mail (invitations, password resets); unset: links are only returned."""
+
+    host: str
+    port: int
+    sender: str
+    security: str = "none"
+    """none · starttls · tls"""
+    user: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def from_env(cls) -> SmtpSettings | None:
+        host = os.environ.get("Z4J_SMTP_HOST")
+        if not host:
+            return None
+        security = os.environ.get("Z4J_SMTP_SECURITY", "starttls").lower()
+        if security not in ("none", "starttls", "tls"):
+            raise ConfigError(f"Z4J_SMTP_SECURITY must be none, starttls or tls, got {security!r}")
+        port = int(_env_number("Z4J_SMTP_PORT", {"none": 25, "starttls": 587, "tls": 465}[security]))
+        sender = os.environ.get("Z4J_SMTP_FROM") or ""
+        if "@" not in sender:
+            raise ConfigError("Z4J_SMTP_FROM must be the sender's e-mail address when Z4J_SMTP_HOST is set")
+        return cls(host, port, sender, security, os.environ.get("Z4J_SMTP_USER") or None,
+                   os.environ.get("Z4J_SMTP_PASSWORD") or None)
+
+
 @dataclass(frozen=True)
 class Settings:
     db_url: str
@@ -51,6 +103,24 @@ class Settings:
     """Batches waiting for the writer before gateways stop reading sockets."""
     stream_interval_s: float = 0.1
     """How often live client streams are flushed (changes are coalesced)."""
+    public_url: str | None = None
+    """How users and agents reach this collector (links in e-mails); $Z4J_PUBLIC_URL."""
+    session_idle_s: float = 8 * 3600
+    session_max_s: float = 7 * 86400
+    login_window_s: float = 60.0
+    login_max_failures: int = 5
+    """Failed logins per account in one window before further tries wait."""
+    login_max_failures_source: int = 20
+    """Failed logins from one address (any account) in one window."""
+    invite_ttl_s: float = 7 * 86400
+    reset_ttl_s: float = 3600.0
+    setup_ttl_s: float = 24 * 3600
+    checkpoint_interval_s: float = 3600.0
+    smtp: SmtpSettings | None = None
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
     @classmethod
     def load(cls, db: str | None = None, host: str | None = None, port: int | None = None) -> Settings:
@@ -64,7 +134,12 @@ class Settings:
                 raise ConfigError(f"Z4J_PORT must be a number, got {raw!r}") from None
         if not 0 < port < 65536:
             raise ConfigError(f"port must be between 1 and 65535, got {port}")
-        return cls(db_url=db_url, host=host, port=port)
+        durations = {name: _env_number(var, default) for name, var, default in _DURATIONS}
+        return cls(
+            db_url=db_url, host=host, port=port, public_url=os.environ.get("Z4J_PUBLIC_URL") or None,
+            login_max_failures=int(_env_number("Z4J_LOGIN_MAX_FAILURES", 5)),
+            smtp=SmtpSettings.from_env(), **durations,
+        )
 
     @property
     def dialect(self) -> str:

@@ -129,11 +129,11 @@ def test_client_commands_against_a_collector(collector):
         "no-token": (("tasks", "list", *url), {"Z4J_API_TOKEN": ""}),
         "bad-since": (("tasks", "list", "--since", "someday", *url), env),
         "missing": (("tasks", "show", "no-such-task", *url), env),
-        "agents": (("agents", "list", *url), env),  # viewer: needs admin
+        "agents": (("agents", "list", *url), env),  # viewers see the fleet
         "unreachable": (("tasks", "list", "--url", f"http://127.0.0.1:{free_port()}"), env),
     })
     for key, proc in results.items():
-        assert proc.returncode == 0 or key in {"bad-token", "no-token", "bad-since", "missing", "agents", "unreachable"}, (
+        assert proc.returncode == 0 or key in {"bad-token", "no-token", "bad-since", "missing", "unreachable"}, (
             f"{key}: {proc.stderr}")
 
     listed = json.loads(results["list"].stdout)
@@ -154,5 +154,5 @@ def test_client_commands_against_a_collector(collector):
     one_line_failure(results["no-token"], "401")
     one_line_failure(results["bad-since"], "400", "since")
     one_line_failure(results["missing"], "404", "no-such-task")
-    one_line_failure(results["agents"], "403")
+    assert "cli-agent" in results["agents"].stdout
     one_line_failure(results["unreachable"], "cannot reach")

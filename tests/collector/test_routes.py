@@ -30,7 +30,7 @@ MATRIX = {
     ("GET", "/api/v1/projects/{project}/tasks/{task_id}"): "viewer",
     ("GET", "/api/v1/projects/{project}/workers"): "viewer",
     ("GET", "/api/v1/projects/{project}/queues"): "viewer",
-    ("GET", "/api/v1/projects/{project}/agents"): "admin",
+    ("GET", "/api/v1/projects/{project}/agents"): "viewer",
     ("POST", "/api/v1/projects/{project}/commands"): "operator",
     ("GET", "/api/v1/projects/{project}/commands/{command_id}"): "viewer",
     ("WS", "/api/v1/projects/{project}/stream"): "viewer",

@@ -127,19 +127,30 @@ def mint_tokens(collector: Collector, *roles: str, project: str = "default",
         project_id = await store.project_id(project)
         assert project_id is not None, f"no project {project!r}"
         for role, token in tokens.items():
-            await store.create_api_token(project_id, f"test-{role}", role, p.token_hash(token), expires_at)
+            await store.write(lambda tx, role=role, token=token: store.insert_api_token(
+                tx, project_id, None, f"test-{role}", role, p.token_hash(token), time.time(), expires_at))
 
     with_store(collector.db_url, make)
     return tokens
 
 
 def mint_agent(collector: Collector, name: str, project: str = "default") -> dict:
-    """Agent credentials shaped like ``Collector.create_agent``'s."""
-    from z4j_collector.services.agents import create_agent
+    """Agent credentials shaped like ``Collector.create_agent``'s (minted
+    straight into the store, as ``z4j admin create-agent`` does, unaudited)."""
+    import secrets
 
-    creds = with_store(collector.db_url, lambda store: create_agent(store, project, name))
-    return {"agent_id": creds.agent_id, "project": creds.project, "name": creds.name, "token": creds.token,
-            "hmac_secret": creds.hmac_secret, "brain_url": collector.url}
+    from z4j_agents import protocol as p
+
+    token, secret = "z4ja_" + secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+
+    async def make(store) -> int:
+        project_id = await store.project_id(project)
+        assert project_id is not None, f"no project {project!r}"
+        return await store.create_agent(project_id, name, p.token_hash(token), p.frame_key(secret))
+
+    agent_id = with_store(collector.db_url, make)
+    return {"agent_id": agent_id, "project": project, "name": name, "token": token, "hmac_secret": secret,
+            "brain_url": collector.url}
 
 
 def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):

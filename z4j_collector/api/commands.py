@@ -7,7 +7,7 @@ from litestar import Controller, Request, get, post
 
 from z4j_collector.api.schemas import Command, CommandRequest
 from z4j_collector.errors import CollectorError
-from z4j_collector.guards import principal_of
+from z4j_collector.guards import access_of
 
 
 class CommandController(Controller):
@@ -20,14 +20,14 @@ class CommandController(Controller):
             raise CollectorError("action must be 1 to 64 characters", code="bad_action")
         if not 0 <= data.wait <= 30:
             raise CollectorError("wait must be between 0 and 30 seconds", code="bad_wait")
-        principal = principal_of(request)
+        access = access_of(request)
         command = await request.app.state.commands.send(
-            principal.project_id, data.action, data.args,
-            requested_by=f"token:{principal.name}", agent_id=data.agent_id, engine=data.engine, wait_s=data.wait,
+            access.project_id, data.action, data.args,
+            actor=access.actor, agent_id=data.agent_id, engine=data.engine, wait_s=data.wait,
         )
         return msgspec.convert(command, Command)
 
     @get("/{command_id:str}", opt={"permission": "tasks:read"}, summary="A command and its result")
     async def show(self, request: Request, command_id: str) -> Command:
-        command = await request.app.state.commands.get(principal_of(request).project_id, command_id)
+        command = await request.app.state.commands.get(access_of(request).project_id, command_id)
         return msgspec.convert(command, Command)

@@ -8,6 +8,7 @@ is stored, and other connections are not affected.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from typing import Any
@@ -61,6 +62,11 @@ class GatewaySession:
 
     async def send_command(self, command: p.Command) -> None:
         await self.send(command)
+
+    async def close(self, reason: str) -> None:
+        """End this connection (the agent was revoked or its secret rotated)."""
+        with contextlib.suppress(Exception):
+            await self.socket.close(code=CLOSE_FORBIDDEN, reason=reason[:120])
 
 
 @websocket("/agent/ws", opt={"permission": "agent"})

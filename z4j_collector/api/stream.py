@@ -19,7 +19,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from z4j_collector.guards import bearer_token, principal_of
+from z4j_collector.guards import access_of, bearer_token
 
 _encode = msgspec.json.Encoder().encode
 
@@ -31,7 +31,7 @@ def stream_key(token: str, nonce: bytes) -> bytes:
 @websocket("/api/v1/projects/{project:str}/stream", opt={"permission": "tasks:read"})
 async def project_stream(socket: WebSocket, project: str) -> None:
     state = socket.app.state
-    principal = principal_of(socket)
+    principal = access_of(socket)
     await socket.accept()
     sub = state.hub.subscribe(principal.project_id)  # before the hello: miss nothing
     nonce = os.urandom(16)

@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from z4j_collector.api.params import decode_cursor, encode_cursor, parse_states, parse_time
 from z4j_collector.api.schemas import TaskDetail, TaskPage, TaskSummary
 from z4j_collector.errors import CollectorError, NotFound
-from z4j_collector.guards import principal_of
+from z4j_collector.guards import access_of
 from z4j_collector.store.base import TASK_SUMMARY_COLUMNS, TaskQuery
 
 MAX_LIMIT = 1000
@@ -51,7 +51,7 @@ class TaskController(Controller):
             since=parse_time(since, "since"), until=parse_time(until, "until"),
             search=search, parent_id=parent_id, root_id=root_id,
         )
-        principal = principal_of(request)
+        principal = access_of(request)
         store = request.app.state.store
         rows = await store.list_tasks(principal.project_id, query, limit + 1, decode_cursor(cursor))
         more = len(rows) > limit
@@ -66,12 +66,12 @@ class TaskController(Controller):
 
     @get("/counts", summary="Number of tasks per state")
     async def counts(self, request: Request) -> dict[str, int]:
-        return await request.app.state.store.count_tasks_by_state(principal_of(request).project_id)
+        return await request.app.state.store.count_tasks_by_state(access_of(request).project_id)
 
     @get("/{task_id:str}", summary="One task with its event timeline")
     async def show(self, request: Request, task_id: str, engine: str | None = None) -> TaskDetail:
         store = request.app.state.store
-        project_id = principal_of(request).project_id
+        project_id = access_of(request).project_id
         task = await store.get_task(project_id, task_id, engine)
         if task is None:
             raise NotFound(f"no task {task_id!r}")

@@ -1,42 +1,14 @@
-"""Agent credentials and the registry of connected agent sessions."""
+"""The registry of connected agent sessions."""
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from z4j_agents import protocol as p
-from z4j_collector.errors import NotFound
-from z4j_collector.store.base import SqlStore
-
-
-@dataclass(frozen=True)
-class AgentCredentials:
-    agent_id: int
-    project: str
-    name: str
-    token: str
-    hmac_secret: str
-
-
-async def create_agent(store: SqlStore, project: str, name: str) -> AgentCredentials:
-    """Mint a token and an HMAC secret; only their one-way images are stored."""
-    project_id = await store.project_id(project)
-    if project_id is None:
-        raise NotFound(f"no project {project!r}")
-    name = name.strip()
-    if not name or len(name) > 200:
-        raise_bad_name(name)
-    token = "z4ja_" + secrets.token_urlsafe(32)
-    secret = secrets.token_urlsafe(32)
-    agent_id = await store.create_agent(project_id, name, p.token_hash(token), p.frame_key(secret))
-    return AgentCredentials(agent_id, project, name, token, secret)
+from z4j_collector.errors import CollectorError
 
 
 def raise_bad_name(name: str) -> None:
-    from z4j_collector.errors import CollectorError
-
     raise CollectorError(f"agent name must be 1 to 200 characters, got {name!r}", code="bad_name")
 
 
@@ -47,6 +19,8 @@ class AgentSession(Protocol):
     capabilities: list[str]
 
     async def send_command(self, command: p.Command) -> None: ...
+
+    async def close(self, reason: str) -> None: ...
 
 
 class AgentRegistry:
@@ -73,6 +47,13 @@ class AgentRegistry:
             if action is None or action in session.capabilities:
                 return session
         return None
+
+    async def disconnect(self, agent_id: int, reason: str) -> int:
+        """Close every live connection of an agent; how many there were."""
+        sessions = list(self._sessions.get(agent_id, []))
+        for session in sessions:
+            await session.close(reason)
+        return len(sessions)
 
     def find(self, project_id: int, action: str, engine: str | None) -> AgentSession | None:
         for sessions in self._sessions.values():

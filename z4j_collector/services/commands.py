@@ -11,15 +11,18 @@ import asyncio
 from typing import Any
 
 from z4j_agents import protocol as p
+from z4j_agents.redaction import default_redactor
 from z4j_collector.errors import Conflict, NotFound
 from z4j_collector.services.agents import AgentRegistry
+from z4j_collector.services.audit import Actor, Audit
 from z4j_collector.store.base import SqlStore
 
 
 class CommandService:
-    def __init__(self, store: SqlStore, registry: AgentRegistry, timeout_s: float = 60.0) -> None:
+    def __init__(self, store: SqlStore, registry: AgentRegistry, audit: Audit, timeout_s: float = 60.0) -> None:
         self.store = store
         self.registry = registry
+        self.audit = audit
         self.timeout_s = timeout_s
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
@@ -29,25 +32,27 @@ class CommandService:
         action: str,
         args: dict[str, Any],
         *,
-        requested_by: str,
+        actor: Actor,
         agent_id: int | None = None,
         engine: str | None = None,
         wait_s: float = 0.0,
     ) -> dict[str, Any]:
-        if agent_id is not None:
-            session = self.registry.get(agent_id)
-            if session is None or session.project_id != project_id:
-                raise Conflict(f"agent {agent_id} is not connected", code="agent_offline")
-            session = self.registry.get(agent_id, action)
-            if session is None:
-                raise Conflict(f"agent {agent_id} cannot do {action!r}", code="unsupported_action")
-        else:
-            session = self.registry.find(project_id, action, engine)
-            if session is None:
-                where = f" for engine {engine!r}" if engine else ""
-                raise Conflict(f"no connected agent can do {action!r}{where}", code="no_agent")
+        shown = default_redactor().redact(args)[0]  # the audit log shows redacted arguments
+        try:
+            session = self._pick(project_id, action, agent_id, engine)
+        except Conflict as exc:
+            await self.audit.write(actor.entry(project_id, f"command.{action}", _target(args, agent_id, engine),
+                                               outcome="refused", args=shown, reason=exc.message))
+            raise
         command_id = p.new_id()
-        await self.store.create_command(command_id, project_id, session.agent_id, action, args, requested_by)
+
+        async def tx_fn(tx: Any) -> None:
+            await self.store.insert_command(tx, command_id, project_id, session.agent_id, action, args, actor.name)
+            await self.audit.record(tx, actor.entry(project_id, f"command.{action}", _target(args, agent_id, engine),
+                                                    outcome="sent", args=shown, command=command_id,
+                                                    agent=session.agent_id))
+
+        await self.store.write(tx_fn)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters[command_id] = done
         asyncio.get_running_loop().call_later(self.timeout_s, self._expire, command_id)
@@ -55,13 +60,45 @@ class CommandService:
             await session.send_command(p.Command(command_id=command_id, action=action, args=args, engine=engine))
             await self.store.command_dispatched(command_id)
         except Exception as exc:  # noqa: BLE001 - the agent went away while we sent
-            await self.store.command_finished(command_id, "failed", None, f"could not reach the agent: {exc}")
+            await self._finish(command_id, "failed", None, f"could not reach the agent: {exc}")
         if wait_s > 0:
             try:
                 await asyncio.wait_for(asyncio.shield(done), timeout=wait_s)
             except TimeoutError:
                 pass
         return await self.get(project_id, command_id)
+
+    def _pick(self, project_id: int, action: str, agent_id: int | None, engine: str | None) -> Any:
+        if agent_id is not None:
+            session = self.registry.get(agent_id)
+            if session is None or session.project_id != project_id:
+                raise Conflict(f"agent {agent_id} is not connected", code="agent_offline")
+            session = self.registry.get(agent_id, action)
+            if session is None:
+                raise Conflict(f"agent {agent_id} cannot do {action!r}", code="unsupported_action")
+            return session
+        session = self.registry.find(project_id, action, engine)
+        if session is None:
+            where = f" for engine {engine!r}" if engine else ""
+            raise Conflict(f"no connected agent can do {action!r}{where}", code="no_agent")
+        return session
+
+    async def _finish(self, command_id: str, state: str, result: Any, error: str | None,
+                      agent_id: int | None = None) -> bool:
+        """Close the command and audit its outcome in one transaction."""
+
+        async def tx_fn(tx: Any) -> bool:
+            closed = await self.store.command_finished(tx, command_id, state, result, error, agent_id)
+            if closed is None:
+                return False
+            project_id, action = closed
+            outcome = {"succeeded": "ok", "failed": "failed", "timeout": "timeout"}[state]
+            detail = {"command": command_id} | ({"error": error[:500]} if error else {})
+            await self.audit.record(tx, Actor(f"agent:{agent_id}" if agent_id else "system").entry(
+                project_id, f"command.{action}.result", f"command:{command_id}", outcome=outcome, **detail))
+            return True
+
+        return await self.store.write(tx_fn)
 
     async def get(self, project_id: int, command_id: str) -> dict[str, Any]:
         command = await self.store.get_command(project_id, command_id)
@@ -71,7 +108,7 @@ class CommandService:
 
     async def on_result(self, agent_id: int, result: p.CommandResult) -> None:
         state = "succeeded" if result.ok else "failed"
-        if not await self.store.command_finished(result.command_id, state, result.result, result.error, agent_id):
+        if not await self._finish(result.command_id, state, result.result, result.error, agent_id):
             return  # not this agent's command, or already closed: ignore
         waiter = self._waiters.pop(result.command_id, None)
         if waiter is not None and not waiter.done():
@@ -82,5 +119,14 @@ class CommandService:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
             asyncio.ensure_future(
-                self.store.command_finished(command_id, "timeout", None, f"no result within {self.timeout_s:.0f} s")
+                self._finish(command_id, "timeout", None, f"no result within {self.timeout_s:.0f} s")
             )
+
+
+def _target(args: dict[str, Any], agent_id: int | None, engine: str | None) -> str:
+    for key in ("task_id", "queue", "schedule", "worker"):
+        if isinstance(args.get(key), str):
+            return f"{key.split('_')[0]}:{args[key]}"
+    if agent_id is not None:
+        return f"agent:{agent_id}"
+    return f"engine:{engine}" if engine else "project"

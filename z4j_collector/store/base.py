@@ -16,7 +16,7 @@ import msgspec
 
 from z4j_agents import protocol as p
 from z4j_collector import taskmerge
-from z4j_collector.errors import Conflict
+from z4j_collector.store.identity import IdentitySql
 
 T = TypeVar("T")
 
@@ -46,17 +46,6 @@ class AgentRow:
     project: str
     name: str
     frame_key: bytes
-    revoked: bool
-
-
-@dataclass(frozen=True)
-class TokenRow:
-    id: int
-    project_id: int
-    project: str
-    name: str
-    role: str
-    expires_at: float | None
     revoked: bool
 
 
@@ -103,7 +92,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore:
+class SqlStore(IdentitySql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
@@ -152,20 +141,7 @@ class SqlStore:
     # -------------------------------------------------- agents
 
     async def create_agent(self, project_id: int, name: str, token_hash: str, frame_key: bytes) -> int:
-        async def tx_fn(tx: Tx) -> int:
-            exists = await tx.fetchall(
-                "SELECT id FROM agents WHERE project_id = ? AND name = ?", (project_id, name)
-            )
-            if exists:
-                raise Conflict(f"an agent named {name!r} already exists in this project", code="agent_exists")
-            rows = await tx.fetchall(
-                "INSERT INTO agents (project_id, name, token_hash, frame_key, created_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (project_id, name, token_hash, frame_key, time.time()),
-            )
-            return rows[0][0]
-
-        return await self.write(tx_fn)
+        return await self.write(lambda tx: self.insert_agent(tx, project_id, name, token_hash, frame_key, time.time()))
 
     async def agent_by_token(self, token_hash: str) -> AgentRow | None:
         row = await self.fetchone(
@@ -199,31 +175,6 @@ class SqlStore:
             d["engines"] = msgspec.json.decode(d["engines"]) if d["engines"] else []
             out.append(d)
         return out
-
-    # -------------------------------------------------- API tokens
-
-    async def create_api_token(
-        self, project_id: int, name: str, role: str, token_hash: str, expires_at: float | None
-    ) -> int:
-        async def tx_fn(tx: Tx) -> int:
-            rows = await tx.fetchall(
-                "INSERT INTO api_tokens (project_id, name, role, token_hash, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (project_id, name, role, token_hash, time.time(), expires_at),
-            )
-            return rows[0][0]
-
-        return await self.write(tx_fn)
-
-    async def api_token(self, token_hash: str) -> TokenRow | None:
-        row = await self.fetchone(
-            "SELECT t.id, t.project_id, p.slug, t.name, t.role, t.expires_at, t.revoked_at "
-            "FROM api_tokens t JOIN projects p ON p.id = t.project_id WHERE t.token_hash = ?",
-            (token_hash,),
-        )
-        if row is None:
-            return None
-        return TokenRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6] is not None)
 
     # -------------------------------------------------- ingest
 
@@ -439,18 +390,18 @@ class SqlStore:
 
     async def status_counts(self) -> dict[str, int]:
         counts = {}
-        for table in ("projects", "agents", "tasks", "task_events", "workers", "api_tokens"):
+        for table in ("users", "projects", "agents", "tasks", "task_events", "workers", "api_tokens"):
             row = await self.fetchone(f"SELECT COUNT(*) FROM {table}")
             counts[table] = row[0] if row else 0
         return counts
 
     # -------------------------------------------------- commands
 
-    async def create_command(
-        self, command_id: str, project_id: int, agent_id: int | None, action: str, args: dict[str, Any],
+    async def insert_command(
+        self, tx: Tx, command_id: str, project_id: int, agent_id: int | None, action: str, args: dict[str, Any],
         requested_by: str,
     ) -> None:
-        await self.execute(
+        await tx.execute(
             "INSERT INTO commands (id, project_id, agent_id, action, args, state, requested_by, created_at) "
             "VALUES (?, ?, ?, ?, ?, 'pending', ?, ?)",
             (command_id, project_id, agent_id, action, _json_encode(args).decode(), requested_by, time.time()),
@@ -463,20 +414,21 @@ class SqlStore:
         )
 
     async def command_finished(
-        self, command_id: str, state: str, result: Any, error: str | None, agent_id: int | None = None
-    ) -> bool:
-        """Close a command once; with ``agent_id``, only if it was sent to that agent."""
+        self, tx: Tx, command_id: str, state: str, result: Any, error: str | None, agent_id: int | None = None
+    ) -> tuple[int, str] | None:
+        """Close a command once (with ``agent_id``, only if it was sent to that
+        agent); its (project_id, action), or None when nothing was closed."""
+        rows = await tx.fetchall(
+            f"SELECT project_id, action, agent_id FROM commands WHERE id = ? "
+            f"AND state IN ('pending', 'dispatched'){self.for_update}", (command_id,))
+        if not rows or (agent_id is not None and rows[0][2] != agent_id):
+            return None
         encoded = _json_encode(result).decode() if result is not None else None
-        sql = (
-            "UPDATE commands SET state = ?, finished_at = ?, result = ?, error = ? "
-            "WHERE id = ? AND state IN ('pending', 'dispatched')"
+        await tx.execute(
+            "UPDATE commands SET state = ?, finished_at = ?, result = ?, error = ? WHERE id = ?",
+            (state, time.time(), encoded, error, command_id),
         )
-        params: list[Any] = [state, time.time(), encoded, error, command_id]
-        if agent_id is not None:
-            sql += " AND agent_id = ?"
-            params.append(agent_id)
-
-        return await self.execute(sql, params) > 0
+        return rows[0][0], rows[0][1]
 
     async def get_command(self, project_id: int, command_id: str) -> dict[str, Any] | None:
         cols = ("id", "agent_id", "action", "args", "state", "requested_by", "created_at",

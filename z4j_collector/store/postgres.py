@@ -76,6 +76,7 @@ class _Tx:
 
 class PostgresStore(SqlStore):
     dialect = "postgresql"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str, min_size: int = 2, max_size: int = 10) -> None:
         self.url = url
