@@ -27,7 +27,7 @@ from z4j_collector.api.schemas import Health
 from z4j_collector.api.stream import project_stream
 from z4j_collector.api.tasks import TaskController
 from z4j_collector.errors import CollectorError, MigrationRequired, RateLimited
-from z4j_collector.guards import requires_permission
+from z4j_collector.guards import RefusedWebSockets, requires_permission
 from z4j_collector.keys import AuditKeys
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import Audit
@@ -85,6 +85,7 @@ class CollectorPlugin(InitPluginProtocol):
              AuthController, UserController, ProjectController, AuditController]
         )
         app_config.guards.append(requires_permission)
+        app_config.middleware.append(RefusedWebSockets)
         app_config.exception_handlers[Exception] = error_response
         app_config.lifespan.append(self.lifespan)
         app_config.state = State({"settings": self.settings})

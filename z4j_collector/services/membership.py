@@ -110,7 +110,7 @@ class Membership:
             await self.audit.record(tx, access.actor.entry(access.project_id, action, f"user:{user.email}",
                                                            role=role, previous=current), now)
 
-        await self.store.write(tx_fn)
+        await self._member_change(access, "member.role", f"user:{user.email}", tx_fn, role=role)
 
     async def remove_member(self, access: Access, user_id: int) -> None:
         user = await self.store.user_by_id(user_id)
@@ -127,7 +127,18 @@ class Membership:
             await self.audit.record(tx, access.actor.entry(access.project_id, "member.remove", f"user:{user.email}",
                                                            previous=current), now)
 
-        await self.store.write(tx_fn)
+        await self._member_change(access, "member.remove", f"user:{user.email if user else user_id}", tx_fn)
+
+    async def _member_change(self, access: Access, action: str, target: str, tx_fn: Any, **detail: Any) -> None:
+        """Run a membership change; one the role rules refuse is audited too
+        (outcome ``denied`` for 403, ``refused`` for 409) before the error goes back."""
+        try:
+            await self.store.write(tx_fn)
+        except (Forbidden, Conflict) as exc:
+            outcome = "denied" if isinstance(exc, Forbidden) else "refused"
+            await self.audit.write(access.actor.entry(access.project_id, action, target, outcome=outcome,
+                                                      reason=exc.message, **detail))
+            raise
 
     # ------------------------------------------------------------ invitations
 
