@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post, put
 
+from z4j_collector import roles
 from z4j_collector.api.schemas import Agent
 from z4j_collector.errors import NotFound
 from z4j_collector.guards import access_of, principal_of
@@ -99,8 +100,9 @@ class ProjectController(Controller):
             rows = [p for p in await store.user_projects(None) if p["id"] == principal.token_project_id]
             return [{**p, "role": principal.token_role} for p in rows]
         rows = await store.user_projects(None if principal.is_superuser else principal.user_id)
-        if principal.kind == "token":
-            rows = [p for p in rows if p["id"] == principal.token_project_id]
+        if principal.kind == "token":  # an API token acts with the lower of its role and its user's
+            rows = [{**p, "role": roles.lowest(p["role"], principal.token_role)} for p in rows
+                    if p["id"] == principal.token_project_id]
         return rows
 
     @post("/", opt={"permission": "superuser"}, summary="Create a project (you become its owner)", status_code=201)

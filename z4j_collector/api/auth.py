@@ -10,6 +10,7 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.response import Response
 
+from z4j_collector import roles
 from z4j_collector.errors import Forbidden, NotFound, Unauthorized
 from z4j_collector.guards import principal_of, source_of
 from z4j_collector.services import secrets as sec
@@ -98,8 +99,9 @@ class AuthController(Controller):
             return {"user": None, "token": principal.name, "projects": []}
         user = await store.user_by_id(principal.user_id)
         projects = await store.user_projects(None if principal.is_superuser else principal.user_id)
-        if principal.kind == "token":
-            projects = [p for p in projects if p["id"] == principal.token_project_id]
+        if principal.kind == "token":  # an API token acts with the lower of its role and its user's
+            projects = [{**p, "role": roles.lowest(p["role"], principal.token_role)} for p in projects
+                        if p["id"] == principal.token_project_id]
         return {"user": user_view(user), "via": principal.kind, "projects": projects}
 
     @get("/auth/sessions", opt={"permission": "user"}, summary="My live sessions")
