@@ -10,53 +10,40 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import datetime, timezone
 from typing import Annotated, Any
 
 import typer
 
+from z4j_tui import cli_identity
+from z4j_tui.cli_common import (
+    JsonOption, ProjectOption, SinceOption, UntilOption, UrlOption, done, fetch_pages, note, pick, print_json, table,
+    when,
+)
 from z4j_tui.client import Client
 
 app = typer.Typer(no_args_is_help=True, help="z4j: operator console for Python task queues.", add_completion=False)
 tasks_app = typer.Typer(help="Tasks: list, show.", no_args_is_help=True)
 workers_app = typer.Typer(help="Workers.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queues.", no_args_is_help=True)
-agents_app = typer.Typer(help="Agents.", no_args_is_help=True)
+agents_app = typer.Typer(help="Agents: list, and (admins) create, revoke, rotate.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(workers_app, name="workers")
 app.add_typer(queues_app, name="queues")
 app.add_typer(agents_app, name="agents")
-
-UrlOption = Annotated[str | None, typer.Option("--url", help="Collector URL (default $Z4J_URL or http://127.0.0.1:7400)")]
-ProjectOption = Annotated[str, typer.Option("--project", "-p", envvar="Z4J_PROJECT", help="Project slug")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON on stdout")]
+cli_identity.register(app)
 
 try:  # the server commands exist only where the collector is installed
     from z4j_collector.cli import register as _register_server
 
-    _register_server(app)
+    _server_groups: dict[str, typer.Typer] = _register_server(app)
 except ImportError:
-    pass
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return ""
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _table(columns: list[str], rows: list[list[Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(*columns, box=None, pad_edge=False)
-    for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
-    Console(soft_wrap=True).print(table)
+    _server_groups = {}
+# `audit verify` and `checkpoint export` run on the collector's host; `audit
+# list` goes through the API, so a CLI-only install has the group too.
+audit_app = _server_groups.get("audit")
+if audit_app is None:
+    audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+    app.add_typer(audit_app, name="audit")
 
 
 @tasks_app.command("list")
@@ -69,33 +56,27 @@ def tasks_list(
     queue: Annotated[str | None, typer.Option()] = None,
     worker: Annotated[str | None, typer.Option()] = None,
     engine: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[str | None, typer.Option(help="ISO time, epoch or age (2h, 7d)")] = None,
-    until: Annotated[str | None, typer.Option()] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     search: Annotated[str | None, typer.Option(help="Free text in args, result, exception …")] = None,
     limit: Annotated[int, typer.Option(help="At most this many tasks (pages are fetched as needed)")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """List tasks, newest first."""
-    if limit < 1:
-        raise ValueError("--limit must be at least 1")
     client = Client(url)
-    tasks: list[dict[str, Any]] = []
-    cursor = None
-    while len(tasks) < limit:
-        page = client.list_tasks(
-            project, state=state, not_state=not_state, name=name, queue=queue, worker=worker, engine=engine,
-            since=since, until=until, search=search, limit=min(1000, limit - len(tasks)), cursor=cursor,
-        )
-        tasks.extend(page["tasks"])
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
+
+    def fetch(cursor: str | None, n: int) -> tuple[list[dict[str, Any]], str | None]:
+        page = client.list_tasks(project, state=state, not_state=not_state, name=name, queue=queue, worker=worker,
+                                 engine=engine, since=since, until=until, search=search, limit=n, cursor=cursor)
+        return page["tasks"], page["next_cursor"] or None
+
+    tasks = fetch_pages(fetch, limit)
     if as_json:
-        _print_json(tasks)
+        print_json(tasks)
         return
-    _table(
+    table(
         ["created", "state", "name", "task id", "queue", "worker", "runtime"],
-        [[_when(t["created_at"]), t["state"], t["name"], t["task_id"], t["queue"], t["worker"],
+        [[when(t["created_at"]), t["state"], t["name"], t["task_id"], t["queue"], t["worker"],
           f"{t['runtime']:.3f}s" if t["runtime"] is not None else ""] for t in tasks],
     )
 
@@ -111,7 +92,7 @@ def tasks_show(
     """One task: fields, redacted args/result, traceback, event timeline."""
     task = Client(url).task(project, task_id, engine)
     if as_json:
-        _print_json(task)
+        print_json(task)
         return
     for key in ("task_id", "name", "engine", "state", "engine_state", "queue", "worker", "runtime", "retries",
                 "parent_id", "root_id", "group_id"):
@@ -126,7 +107,7 @@ def tasks_show(
         typer.echo(task["traceback"].rstrip())
     typer.echo("events:")
     for ev in task["events"]:
-        typer.echo(f"  {_when(ev['ts'])}  {ev['kind']}")
+        typer.echo(f"  {when(ev['ts'])}  {ev['kind']}")
 
 
 @workers_app.command("list")
@@ -134,10 +115,10 @@ def workers_list(url: UrlOption = None, project: ProjectOption = "default", as_j
     """Workers and when they were last heard from."""
     workers = Client(url).workers(project)
     if as_json:
-        _print_json(workers)
+        print_json(workers)
         return
-    _table(["engine", "worker", "state", "last seen"],
-           [[w["engine"], w["name"], w["state"], _when(w["last_seen_at"])] for w in workers])
+    table(["engine", "worker", "state", "last seen"],
+           [[w["engine"], w["name"], w["state"], when(w["last_seen_at"])] for w in workers])
 
 
 @queues_app.command("list")
@@ -145,10 +126,10 @@ def queues_list(url: UrlOption = None, project: ProjectOption = "default", as_js
     """Queues and their last reported depth."""
     queues = Client(url).queues(project)
     if as_json:
-        _print_json(queues)
+        print_json(queues)
         return
-    _table(["engine", "queue", "depth", "updated"],
-           [[q["engine"], q["name"], q["depth"], _when(q["updated_at"])] for q in queues])
+    table(["engine", "queue", "depth", "updated"],
+           [[q["engine"], q["name"], q["depth"], when(q["updated_at"])] for q in queues])
 
 
 @agents_app.command("list")
@@ -156,11 +137,80 @@ def agents_list(url: UrlOption = None, project: ProjectOption = "default", as_js
     """Agents of the project (admin)."""
     agents = Client(url).agents(project)
     if as_json:
-        _print_json(agents)
+        print_json(agents)
         return
-    _table(["id", "name", "connected", "engines", "last seen", "dropped"],
+    table(["id", "name", "connected", "engines", "last seen", "dropped"],
            [[a["id"], a["name"], "yes" if a["connected"] else "no", ",".join(a["engines"]),
-             _when(a["last_seen_at"]), a["dropped_events"]] for a in agents])
+             when(a["last_seen_at"]), a["dropped_events"]] for a in agents])
+
+
+def _agent_id(client: Client, project: str, agent: str) -> int:
+    return pick(client.agents(project), agent, "name", "agent", prefer=lambda a: a["revoked_at"] is None)
+
+
+def _agent_credentials(creds: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(creds)
+    else:
+        typer.echo(f"export Z4J_BRAIN_URL={creds['brain_url']}\nexport Z4J_TOKEN={creds['token']}\n"
+                   f"export Z4J_HMAC_SECRET={creds['hmac_secret']}\nexport Z4J_PROJECT_ID={creds['project']}\n"
+                   f"export Z4J_AGENT_NAME={creds['name']}")
+    note("the token and secret are shown once; store them now")
+
+
+@agents_app.command("create")
+def agents_create(name: str, url: UrlOption = None, project: ProjectOption = "default",
+                  as_json: JsonOption = False) -> None:
+    """New agent (admin): prints its token and HMAC secret once, as export lines or JSON."""
+    _agent_credentials(Client(url).create_agent(project, name), as_json)
+
+
+@agents_app.command("revoke")
+def agents_revoke(agent: Annotated[str, typer.Argument(help="Agent name or id")], url: UrlOption = None,
+                  project: ProjectOption = "default", as_json: JsonOption = False) -> None:
+    """Revoke an agent (admin): its connections close, its token stops working."""
+    client = Client(url)
+    agent_id = _agent_id(client, project, agent)
+    client.revoke_agent(project, agent_id)
+    done({"agent_id": agent_id, "revoked": True}, as_json, f"agent {agent} revoked")
+
+
+@agents_app.command("rotate")
+def agents_rotate(agent: Annotated[str, typer.Argument(help="Agent name or id")], url: UrlOption = None,
+                  project: ProjectOption = "default", as_json: JsonOption = False) -> None:
+    """New token and HMAC secret for an agent (admin); the old ones stop working now."""
+    client = Client(url)
+    _agent_credentials(client.rotate_agent(project, _agent_id(client, project, agent)), as_json)
+
+
+@audit_app.command("list")
+def audit_list(
+    url: UrlOption = None,
+    project: ProjectOption = "default",
+    instance: Annotated[bool, typer.Option("--instance", help="The instance log (users, projects, logins; "
+                                                               "superusers) instead of a project's")] = False,
+    action: Annotated[str | None, typer.Option(help="Action, e.g. agent.create (trailing * for a prefix)")] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (e-mail, token or agent name)")] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, denied, refused, sent …")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    limit: Annotated[int, typer.Option(help="At most this many rows (pages are fetched as needed)")] = 100,
+    as_json: JsonOption = False,
+) -> None:
+    """The audit log through the API, newest first (operators and up)."""
+    client = Client(url)
+
+    def fetch(before: int | None, n: int) -> tuple[list[dict[str, Any]], int | None]:
+        page = client.audit(None if instance else project, action=action, actor=actor, outcome=outcome, since=since,
+                            until=until, before=before, limit=n)
+        return page["entries"], page["next_before"]
+
+    rows = fetch_pages(fetch, limit)
+    if as_json:
+        print_json(rows)
+        return
+    table(["seq", "time", "actor", "source", "action", "target", "outcome"],
+          [[r["seq"], when(r["ts"]), r["actor"], r["source"], r["action"], r["target"], r["outcome"]] for r in rows])
 
 
 def main() -> None:

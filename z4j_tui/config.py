@@ -1,7 +1,8 @@
 """What the console is told to connect to: command line over environment.
 
-Identity and logins come later; for now the console uses a project API token
-from ``$Z4J_API_TOKEN``, as scripts do (PRODUCT.md §4).
+The URL: --url, else ``$Z4J_URL``, else the URL last logged in to. The
+token: ``$Z4J_API_TOKEN`` (as scripts do, PRODUCT.md §4), else the session
+``z4j login`` stored for that URL (z4j_tui.credentials).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from z4j_tui.client import DEFAULT_URL
+from z4j_tui import credentials
 
 NO_TOKEN = (
-    "no API token: on the collector host run `z4j admin create-token --role viewer`, "
-    "then `export Z4J_API_TOKEN=…` and start z4j-tui again"
+    "not logged in to {url}: run `z4j login --url {url} --email YOU`, or on the collector host "
+    "`z4j admin create-token --role viewer`, then `export Z4J_API_TOKEN=…` and start z4j-tui again"
 )
 
 
@@ -36,12 +37,17 @@ class Settings:
     def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         parser = argparse.ArgumentParser(prog="z4j-tui", description="z4j terminal console.")
-        parser.add_argument("--url", default=env.get("Z4J_URL") or DEFAULT_URL,
-                            help=f"collector URL (default $Z4J_URL or {DEFAULT_URL})")
+        parser.add_argument("--url", default=None,
+                            help=f"collector URL (default $Z4J_URL, else the URL you last logged in to, "
+                                 f"else {credentials.DEFAULT_URL})")
         parser.add_argument("--project", default=env.get("Z4J_PROJECT") or "default",
                             help="project slug (default $Z4J_PROJECT or 'default')")
         args = parser.parse_args(argv)
-        token = env.get("Z4J_API_TOKEN", "").strip()
+        try:
+            url = credentials.resolve_url(args.url, env)
+            token = credentials.resolve_token(url, env)
+        except credentials.CredentialsError as exc:
+            raise ConfigError(str(exc)) from None
         if not token:
-            raise ConfigError(NO_TOKEN)
-        return cls(url=args.url, token=token, project=args.project)
+            raise ConfigError(NO_TOKEN.format(url=url))
+        return cls(url=url, token=token, project=args.project)
