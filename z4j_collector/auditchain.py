@@ -1,5 +1,5 @@
 """The audit chain: how a row is sealed, how a checkpoint is signed, and the
-verifier that walks a chain and names the first row that is wrong.
+verifier that walks a chain and names every row that is wrong, and how.
 
 Pure functions over plain dicts; the store reads and writes the rows, the
 audit service (services/audit.py) calls :func:`seal` inside the transaction
@@ -12,6 +12,14 @@ that makes the change.
   checkpoints live off the box; a log that ends before an exported
   checkpoint's ``seq`` was truncated. Retention deletes rows up to a
   checkpoint's ``seq`` and the chain then starts from that checkpoint.
+* The verifier finds, for each row, the seq its MAC was sealed with (a moved
+  row is found after its predecessor, through ``prev_hash``), then walks the
+  rows in that order. Kinds of problem: ``changed`` (a row matches its MAC
+  nowhere), ``inserted`` (a forged row, or a copy), ``deleted`` (a gap),
+  ``reordered`` (rows swapped, by seq or by storage order), ``renumbered``
+  (rows shifted to hide an insert or a delete), ``truncated`` (the log ends
+  before a signed checkpoint or the head) and ``checkpoint`` (a bad
+  signature). Each problem is one line naming the row (seq and id).
 """
 
 from __future__ import annotations
@@ -55,12 +63,17 @@ def checkpoint_valid(public: Ed25519PublicKey, cp: dict[str, Any]) -> bool:
         return False
 
 
+KINDS = ("changed", "deleted", "inserted", "reordered", "renumbered", "truncated", "checkpoint")
+MAX_SHIFT = 256
+"""How far a row whose predecessor is gone is searched for the seq it was sealed with."""
+
+
 @dataclass(frozen=True)
 class Problem:
     seq: int
     row_id: int | None
     kind: str
-    """changed · deleted · inserted · reordered · truncated · checkpoint"""
+    """One of :data:`KINDS`."""
     message: str
 
 
@@ -105,92 +118,264 @@ def verify(
     stored chain head (seq, hash), which must agree with the last row.
     """
     report = Report(project_id)
-    ordered = sorted(rows, key=lambda r: r["seq"])
-    report.rows = len(ordered)
+    valid = _signed(project_id, checkpoints, public, report)
+    report.rows = len(rows)
+    if rows:
+        _Walk(sorted(rows, key=lambda r: r["seq"]), chain_key, valid, head, report).run()
+    else:
+        covered = max(max(valid, default=0), head[0] if head else 0)
+        if covered:
+            what = "a signed checkpoint" if covered in valid else "the chain head"
+            report.problems.append(Problem(covered, None, "truncated",
+                                           f"the log is empty but {what} covers seq 1–{covered}: every row was removed"))
+    report.problems.sort(key=lambda p: p.seq)
+    return report
+
+
+def _signed(project_id: int, checkpoints: Iterable[dict[str, Any]], public: Ed25519PublicKey,
+            report: Report) -> dict[int, str]:
+    """seq -> hash of the project's checkpoints whose signature holds; the others are problems."""
     valid: dict[int, str] = {}
     for cp in checkpoints:
         if int(cp.get("project_id", -1)) != project_id:
             continue
         report.checkpoints_checked += 1
+        seq = int(cp.get("seq", 0))
         if not checkpoint_valid(public, cp):
-            report.problems.append(Problem(int(cp.get("seq", 0)), None, "checkpoint",
-                                           f"checkpoint at seq {cp.get('seq')} has a bad signature"))
+            report.problems.append(Problem(seq, None, "checkpoint",
+                                           f"checkpoint at seq {seq} has a bad signature: altered, or not signed "
+                                           f"by this collector's key"))
             continue
-        seq = int(cp["seq"])
         if valid.setdefault(seq, cp["hash"]) != cp["hash"]:
             report.problems.append(Problem(seq, None, "checkpoint",
-                                           f"two signed checkpoints disagree about seq {seq} (split history)"))
-    if not ordered:
-        last = max(valid, default=0)
-        if last:
-            report.problems.append(Problem(last, None, "truncated",
-                                           f"the log is empty but a signed checkpoint covers seq 1–{last}"))
-        return report
+                                           f"two signed checkpoints disagree about seq {seq}: split history"))
+    return valid
 
-    by_hash = {r["hash"]: r["seq"] for r in ordered}
-    first = ordered[0]["seq"]
-    report.first_seq, report.last_seq = first, ordered[-1]["seq"]
-    expected, prev_hash, prev_id = 1, GENESIS, None
-    if first != 1:
-        if first - 1 in valid:
-            report.anchored_on = first - 1
-            prev_hash = valid[first - 1]
-        else:
-            report.problems.append(Problem(
-                first, ordered[0].get("id"), "deleted",
-                f"rows seq 1–{first - 1} are missing and no signed checkpoint at seq {first - 1} anchors row seq {first}",
-            ))
-            prev_hash = ordered[0]["prev_hash"]
-        expected = first
-    hashes: dict[int, str] = {}
-    for row in ordered:
-        seq, row_id = row["seq"], row.get("id")
-        where = f"row seq {seq} (id {row_id})"
-        if seq > expected:
-            gap = f"seq {expected}" if seq == expected + 1 else f"seq {expected}–{seq - 1}"
-            report.problems.append(Problem(seq, row_id, "deleted", f"{gap} missing before {where}: rows deleted"))
-        if seal(chain_key, row["prev_hash"], row) != row["hash"]:
-            moved_from = _original_seq(chain_key, row, by_hash)
-            if moved_from is not None:
-                report.problems.append(Problem(seq, row_id, "reordered",
-                                               f"{where} was written as seq {moved_from}: rows reordered"))
+
+def _where(row: dict[str, Any]) -> str:
+    return f"row seq {row['seq']}" + (f" (id {row['id']})" if row.get("id") is not None else "")
+
+
+def _span(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seq {first}–{last}"
+
+
+class _Walk:
+    """One verification: each row's *written* seq (the one its MAC was sealed
+    with, found through its predecessor's hash when it was moved), then the
+    rows in written order against the checkpoints and the head."""
+
+    def __init__(self, rows: list[dict[str, Any]], key: bytes, valid: dict[int, str],
+                 head: tuple[int, str] | None, report: Report) -> None:
+        self.rows, self.key, self.valid, self.head, self.report = rows, key, valid, head, report
+        self.by_hash: dict[Any, int] = {}
+        for i, row in enumerate(rows):
+            self.by_hash.setdefault(row["hash"], i)
+        self.anchors = {GENESIS: 0} | {digest: seq for seq, digest in valid.items()}
+        self.written: list[int] = [0] * len(rows)
+        self.state: list[str] = [""] * len(rows)
+        """"ok" (sealed at its seq), "moved" (sealed at another seq) or "bad" (matches its MAC nowhere)."""
+
+    def problem(self, kind: str, message: str, row: dict[str, Any] | None = None, seq: int | None = None) -> None:
+        self.report.problems.append(Problem(seq if seq is not None else row["seq"] if row else 0,
+                                            row.get("id") if row else None, kind, message))
+
+    def mac_ok(self, row: dict[str, Any], seq: int) -> bool:
+        try:
+            return seal(self.key, str(row["prev_hash"]), {**row, "seq": seq}) == row["hash"]
+        except (TypeError, ValueError, KeyError):
+            return False
+
+    def run(self) -> None:
+        rows, report = self.rows, self.report
+        report.first_seq, report.last_seq = rows[0]["seq"], rows[-1]["seq"]
+        if len(rows) >= 3 and not any(self.mac_ok(r, r["seq"]) for r in rows):
+            self.problem("changed", "no row matches its MAC: wrong audit chain key (Z4J_AUDIT_KEY or "
+                                    "$Z4J_HOME/keys/audit-chain.key), or every row was rewritten", rows[0])
+            return
+        for i in range(len(rows)):
+            self.resolve(i)
+        forged = self.classify_bad()
+        accepted = self.walk([i for i in range(len(rows)) if i not in forged])
+        self.report_moved()
+        if accepted:
+            last = rows[accepted[-1]]
+            report.head_hash = last["hash"]
+            self.check_storage_order(accepted)
+            self.check_end(accepted)
+
+    # ------------------------------------------------------------ written seqs
+
+    def resolve(self, i: int) -> None:
+        """Place row ``i`` after its predecessor (by prev_hash), placing that one first."""
+        stack, pending = [i], {i}
+        while stack:
+            k = stack[-1]
+            if self.state[k]:
+                stack.pop()
+                continue
+            j = self.by_hash.get(self.rows[k]["prev_hash"])
+            if j is not None and j != k and not self.state[j] and j not in pending:
+                stack.append(j)
+                pending.add(j)
+                continue
+            stack.pop()
+            if j is not None and j != k and self.state[j]:
+                base: int | None = self.written[j]
             else:
-                # A tail row written by someone without the key looks the same.
-                kind = "inserted" if head is not None and seq > head[0] else "changed"
-                report.problems.append(Problem(seq, row_id, kind,
-                                               f"{where} does not match its MAC: changed or inserted after the fact"))
-        elif row["prev_hash"] != prev_hash and seq == expected:
-            report.problems.append(Problem(seq, row_id, "reordered",
-                                           f"{where} does not follow the row before it: rows reordered or removed"))
-        if prev_id is not None and row_id is not None and row_id < prev_id:
-            report.problems.append(Problem(seq, row_id, "reordered",
-                                           f"{where} was stored before the row it follows: rows reordered"))
-        hashes[seq] = row["hash"]
-        prev_hash, expected, prev_id = row["hash"], seq + 1, row_id if row_id is not None else prev_id
-    report.head_hash = prev_hash
-    last = report.last_seq
-    for seq, digest in sorted(valid.items()):
-        if seq > last:
-            report.problems.append(Problem(seq, None, "truncated",
-                                           f"the log ends at seq {last} but a signed checkpoint covers seq {seq}: "
-                                           f"rows after seq {last} were removed"))
-            break
-        if seq >= first and hashes.get(seq) not in (None, digest):
-            report.problems.append(Problem(seq, None, "checkpoint",
-                                           f"row seq {seq} differs from the signed checkpoint at seq {seq}"))
-    if head is not None and head[0] != last:
-        kind = "truncated" if head[0] > last else "inserted"
-        report.problems.append(Problem(head[0], None, kind,
-                                       f"the chain head says seq {head[0]} but the log ends at seq {last}"))
-    report.problems.sort(key=lambda p: p.seq)
-    return report
+                base = self.anchors.get(self.rows[k]["prev_hash"])
+            self.place(k, base)
 
+    def place(self, k: int, base: int | None) -> None:
+        row = self.rows[k]
+        seq = row["seq"]
+        if self.mac_ok(row, seq):
+            self.state[k], self.written[k] = "ok", seq
+            return
+        candidates = [base + 1] if base is not None else []
+        candidates += [c for d in range(1, MAX_SHIFT + 1) for c in (seq - d, seq + d) if c > 0]
+        for candidate in candidates:
+            if candidate != seq and self.mac_ok(row, candidate):
+                self.state[k], self.written[k] = "moved", candidate
+                return
+        self.state[k], self.written[k] = "bad", base + 1 if base is not None else seq
 
-def _original_seq(chain_key: bytes, row: dict[str, Any], by_hash: dict[str, int]) -> int | None:
-    """The seq a row was sealed with, when it now sits elsewhere."""
-    before = 0 if row["prev_hash"] == GENESIS else by_hash.get(row["prev_hash"])
-    if before is None or before + 1 == row["seq"]:
-        return None
-    if seal(chain_key, row["prev_hash"], {**row, "seq": before + 1}) == row["hash"]:
-        return before + 1
-    return None
+    # ------------------------------------------------------------ reporting
+
+    def classify_bad(self) -> set[int]:
+        """Report rows that match their MAC nowhere; return the forged ones (left out of the chain)."""
+        rows, head = self.rows, self.head
+        taken = {self.written[i] for i, s in enumerate(self.state) if s != "bad"}
+        linked = {r["prev_hash"] for r in rows}
+        forged: set[int] = set()
+        for i, state in enumerate(self.state):
+            if state != "bad":
+                continue
+            row, written = rows[i], self.written[i]
+            where = _where(row)
+            if written in taken:
+                forged.add(i)
+                self.problem("inserted", f"{where} does not match its MAC and stands where the row written as "
+                                         f"seq {written} belongs: forged row inserted", row)
+            elif row["hash"] in linked or self.valid.get(written) == row["hash"]:
+                self.problem("changed", f"{where} does not match its MAC: changed after it was written", row)
+            elif head is not None and (row["seq"], row["hash"]) == (head[0], head[1]):
+                self.problem("changed", f"{where} does not match its MAC and only the (unsealed) chain head vouches "
+                                        f"for it: changed after it was written, or forged and appended", row)
+            elif head is not None and row["seq"] > head[0]:
+                forged.add(i)
+                self.problem("inserted", f"{where} does not match its MAC and lies past the chain head "
+                                         f"(seq {head[0]}): forged row appended", row)
+            else:
+                self.problem("changed", f"{where} does not match its MAC and no row links to it: changed "
+                                        f"(its hash too) or forged", row)
+        return forged
+
+    def report_moved(self) -> None:
+        rows, written = self.rows, self.written
+        moved = [i for i, s in enumerate(self.state) if s == "moved"]
+        at = {row["seq"]: i for i, row in enumerate(rows)}
+        swapped = {i for i in moved
+                   if (j := at.get(written[i])) is not None and self.state[j] == "moved"
+                   and written[j] == rows[i]["seq"]}
+        for i in sorted(swapped):
+            self.problem("reordered", f"{_where(rows[i])} was written as seq {written[i]}: rows reordered", rows[i])
+        run: list[int] = []
+        for i in [i for i in moved if i not in swapped] + [-1]:
+            if (i >= 0 and run and rows[i]["seq"] == rows[run[-1]]["seq"] + 1
+                    and rows[i]["seq"] - written[i] == rows[run[-1]]["seq"] - written[run[-1]]):
+                run.append(i)
+                continue
+            if run:
+                self.report_renumbered(run)
+            run = [i]
+
+    def report_renumbered(self, run: list[int]) -> None:
+        first, last = self.rows[run[0]], self.rows[run[-1]]
+        shift = first["seq"] - self.written[run[0]]
+        if len(run) == 1:
+            what = _where(first)
+        else:
+            ids = f" (ids {first.get('id')}–{last.get('id')})" if first.get("id") is not None else ""
+            what = f"rows {_span(first['seq'], last['seq'])}{ids}"
+        cause = "inserted" if shift > 0 else "deleted"
+        self.problem("renumbered", f"{what} {'was' if len(run) == 1 else 'were'} written as "
+                                   f"{_span(self.written[run[0]], self.written[run[-1]])}: renumbered after rows "
+                                   f"were {cause} before them", first)
+
+    def walk(self, chain: list[int]) -> list[int]:
+        """Rows in written order: gaps are deleted rows, repeats are copies. Returns the rows kept."""
+        rows, written, state = self.rows, self.written, self.state
+        chain.sort(key=lambda i: (written[i], state[i] != "ok", rows[i]["seq"]))
+        if not chain:
+            return []
+        first = rows[chain[0]]
+        expected, prev_hash = 1, GENESIS
+        if written[chain[0]] > 1:
+            expected = written[chain[0]]
+            anchor = self.valid.get(expected - 1)
+            if anchor is not None and anchor == first["prev_hash"]:
+                self.report.anchored_on, prev_hash = expected - 1, anchor
+            else:
+                self.problem("deleted", f"rows seq 1–{expected - 1} are missing and no signed checkpoint at "
+                                        f"seq {expected - 1} anchors {_where(first)}", first)
+                prev_hash = first["prev_hash"]
+        kept: list[int] = []
+        seen: dict[int, int] = {}
+        for i in chain:
+            row, at = rows[i], written[i]
+            if at < expected:
+                self.problem("inserted", f"{_where(row)} repeats the row written as seq {at} "
+                                         f"({_where(rows[seen[at]])}): copied row inserted", row)
+                continue
+            if at > expected:
+                self.problem("deleted", f"{_span(expected, at - 1)} missing before {_where(row)}: rows deleted", row,
+                             seq=expected)
+            elif row["prev_hash"] != prev_hash and state[i] != "bad" and (not kept or state[kept[-1]] != "bad"):
+                self.problem("changed", f"{_where(row)} does not follow the row written before it (its prev_hash "
+                                        f"differs): chain rewritten here", row)
+            seen[at] = i
+            kept.append(i)
+            prev_hash, expected = row["hash"], at + 1
+        return kept
+
+    def check_storage_order(self, kept: list[int]) -> None:
+        """Rows are stored (ids) in chain order; rows whose whole contents were swapped show here."""
+        rows = self.rows
+        placed = [i for i in kept if self.state[i] == "ok" and rows[i].get("id") is not None]
+        ids = [rows[i]["id"] for i in placed]
+        where_id = {rows[i]["id"]: rows[i] for i in placed}
+        for i, have, should in zip(placed, ids, sorted(ids)):
+            if have != should:
+                self.problem("reordered", f"{_where(rows[i])} is out of storage order ({_where(where_id[should])} "
+                                          f"was stored here): rows reordered", rows[i])
+
+    def check_end(self, kept: list[int]) -> None:
+        """Signed checkpoints and the head against the end of the chain."""
+        rows, written = self.rows, self.written
+        last = written[kept[-1]]
+        at = {written[i]: i for i in kept}
+        beyond = [seq for seq in self.valid if seq > last]
+        if beyond:
+            top = max(beyond)
+            self.problem("truncated", f"the log ends at seq {last} but a signed checkpoint covers seq {top}: "
+                                      f"rows {_span(last + 1, top)} were removed", seq=last + 1)
+        for seq, digest in sorted(self.valid.items()):
+            i = at.get(seq)
+            if i is not None and self.state[i] == "ok" and rows[i]["hash"] != digest:
+                self.problem("truncated", f"{_where(rows[i])} is not the row the signed checkpoint at seq {seq} "
+                                          f"covers: the log was cut back and written again after it", rows[i])
+                break
+        if self.head is None:
+            return
+        head_seq, head_hash = self.head
+        end = rows[kept[-1]]  # the row written last, whose hash the head holds
+        stored_end = max(rows[i]["seq"] for i in kept)  # the head's seq is compared with the stored seqs
+        if head_seq > stored_end:
+            self.problem("truncated", f"the chain head says seq {head_seq} but the log ends at seq {stored_end}: "
+                                      f"rows {_span(stored_end + 1, head_seq)} were removed", seq=stored_end + 1)
+        elif head_seq < stored_end:
+            self.problem("truncated", f"the chain head says seq {head_seq} but the log goes on to seq {stored_end}: "
+                                      f"the head was moved back", seq=head_seq)
+        elif head_hash != end["hash"] and self.state[kept[-1]] != "bad":
+            self.problem("changed", f"the chain head does not match {_where(end)}: head rewritten", end)

@@ -177,11 +177,12 @@ def create_user(
     role: Annotated[str, typer.Option(help="Their role in --project")] = "viewer",
     db: DbOption = None,
     as_json: JsonOption = False,
+    password_argv: Annotated[str | None, typer.Option("--password", hidden=True)] = None,
 ) -> None:
     """Create a user from the server's shell (scripted installs)."""
     from z4j_collector.roles import check_role
 
-    if not password_stdin:
+    if password_argv is not None or not password_stdin:  # argv is visible to every user of the host (ps)
         fail("pass the password on stdin with --password-stdin (never on the command line)")
     password = sys.stdin.readline().rstrip("\r\n")
     check_role(role)
@@ -210,7 +211,7 @@ def audit_verify(
     db: DbOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Walk the audit chains; exit 1 naming the first bad row."""
+    """Walk the audit chains; exit 1 with one line per problem: the row (seq, id) and the kind."""
     import json
 
     from z4j_collector import auditchain
@@ -257,10 +258,38 @@ def audit_verify(
             lines.append(f"ok   {r['project']}: {r['rows']} rows, seq {r['first_seq']}–{r['last_seq']}, "
                          f"{r['checkpoints_checked']} checkpoints")
         else:
-            lines.extend(f"FAIL {r['project']}: {p['message']}" for p in r["problems"])
+            lines.extend(f"FAIL {r['project']}: {p['kind']}: {p['message']}" for p in r["problems"])
     emit({"ok": ok, "chains": reports}, as_json, "\n".join(lines) or "no audit rows yet")
     if not ok:
         raise typer.Exit(1)
+
+
+def audit_prune(
+    older_than_days: Annotated[float, typer.Option("--older-than-days", help="Drop rows older than this many days")],
+    project: Annotated[str | None, typer.Option(help="Project slug (default: every chain, the instance's too)")] = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retention: drop old audit rows through the newest signed checkpoint before the cut (the chain stays verifiable)."""
+    if not older_than_days >= 0:  # NaN too
+        fail(f"--older-than-days must be 0 or more, got {older_than_days}")
+    settings = Settings.load(db)
+    keep_after = time.time() - older_than_days * 86400
+
+    async def run(s: _Services) -> list[dict[str, Any]]:
+        names = {0: "(instance)"} | {p["id"]: p["slug"] for p in await s.store.list_projects()}
+        if project is not None:
+            chains = [s.slug_ids[project]]
+        else:
+            chains = await s.store.audit_chains()
+        from z4j_collector.services.audit import SHELL
+
+        return [{"project": names.get(i, str(i)), **await s.audit.prune(i, keep_after, SHELL)} for i in chains]
+
+    results = asyncio.run(_with_services(settings, run, project))
+    emit(results, as_json, "\n".join(
+        f"{r['project']}: deleted {r['deleted']} rows through seq {r['through_seq']} (anchored on a signed checkpoint)"
+        if r["through_seq"] is not None else f"{r['project']}: nothing pruned: {r['reason']}" for r in results))
 
 
 def audit_export(
@@ -379,6 +408,7 @@ def register(app: typer.Typer) -> dict[str, typer.Typer]:
     # `audit list` (through the API) to the same group.
     audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
     audit_app.command("verify")(audit_verify)
+    audit_app.command("prune")(audit_prune)
     checkpoint_app = typer.Typer(help="Signed checkpoints of the audit chains.", no_args_is_help=True)
     checkpoint_app.command("export")(audit_export)
     audit_app.add_typer(checkpoint_app, name="checkpoint")

@@ -311,6 +311,11 @@ class IdentitySql:
         assert table in ("password_resets", "setup_tokens")
         return await tx.execute(f"UPDATE {table} SET used_at = ? WHERE id = ? AND used_at IS NULL", (now, token_id))
 
+    async def void_password_resets(self, tx: Any, user_id: int, now: float) -> int:
+        """Mark every open reset token of a user used (its password just changed)."""
+        return await tx.execute("UPDATE password_resets SET used_at = ? WHERE user_id = ? AND used_at IS NULL",
+                                (now, user_id))
+
     async def insert_setup_token(self, token_hash: str, now: float, expires_at: float) -> None:
         async def tx_fn(tx: Any) -> None:
             # One live setup token at a time: a restart prints a new one.
@@ -372,14 +377,13 @@ class IdentitySql:
         and ``hash`` are filled in here.
         """
         project_id = row["project_id"]
-        head = await tx.fetchall(f"SELECT seq, hash FROM audit_heads WHERE project_id = ?{self.for_update}",
-                                 (project_id,))
-        if not head:
+        head = await self.audit_lock_head(tx, project_id)
+        if head is None:
             await tx.execute(self.insert_ignore_sql("audit_heads", ("project_id", "seq", "hash"), "project_id"),
                              (project_id, 0, "0" * 64))
-            head = await tx.fetchall(f"SELECT seq, hash FROM audit_heads WHERE project_id = ?{self.for_update}",
-                                     (project_id,))
-        seq, prev = head[0][0] + 1, head[0][1]
+            head = await self.audit_lock_head(tx, project_id)
+            assert head is not None
+        seq, prev = head[0] + 1, head[1]
         row = {**row, "seq": seq, "prev_hash": prev}
         row["hash"] = seal(prev, row)
         cols = AUDIT_COLUMNS[1:]
@@ -393,10 +397,31 @@ class IdentitySql:
         return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
                 f"ON CONFLICT ({conflict}) DO NOTHING")
 
-    async def audit_rows(self, project_id: int) -> list[dict[str, Any]]:
-        rows = await self.fetchall(  # type: ignore[attr-defined]
-            f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log WHERE project_id = ? ORDER BY seq", (project_id,))
+    async def audit_rows(self, project_id: int, after_seq: int | None = None, tx: Any = None) -> list[dict[str, Any]]:
+        """A chain's rows in seq order (after ``after_seq``), inside ``tx`` when given."""
+        sql = f"SELECT {', '.join(AUDIT_COLUMNS)} FROM audit_log WHERE project_id = ?"
+        params: list[Any] = [project_id]
+        if after_seq is not None:
+            sql += " AND seq > ?"
+            params.append(after_seq)
+        rows = await (tx or self).fetchall(sql + " ORDER BY seq", params)  # type: ignore[attr-defined]
         return _dicts(AUDIT_COLUMNS, rows)
+
+    async def audit_lock_head(self, tx: Any, project_id: int) -> tuple[int, str] | None:
+        """The chain head, locked until ``tx`` ends (appenders wait)."""
+        rows = await tx.fetchall(f"SELECT seq, hash FROM audit_heads WHERE project_id = ?{self.for_update}",
+                                 (project_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    async def audit_prune_bounds(self, tx: Any, project_id: int, keep_after_ts: float) -> tuple[int | None, int | None]:
+        """(first stored seq, first seq of a row at or after ``keep_after_ts``) of a chain."""
+        rows = await tx.fetchall("SELECT MIN(seq), MIN(CASE WHEN ts >= ? THEN seq END) FROM audit_log "
+                                 "WHERE project_id = ?", (keep_after_ts, project_id))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    async def audit_hash_at(self, tx: Any, project_id: int, seq: int) -> str | None:
+        rows = await tx.fetchall("SELECT hash FROM audit_log WHERE project_id = ? AND seq = ?", (project_id, seq))
+        return rows[0][0] if rows else None
 
     async def audit_list(self, project_id: int, *, action: str | None = None, actor: str | None = None,
                          outcome: str | None = None, since: float | None = None, until: float | None = None,
