@@ -111,7 +111,7 @@ class Settings:
     login_max_failures: int = 5
     """Failed logins per account in one window before further tries wait."""
     login_max_failures_source: int = 20
-    """Failed logins from one address (any account) in one window."""
+    """Failed logins from one address (any account) in one window; $Z4J_LOGIN_MAX_FAILURES_SOURCE."""
     invite_ttl_s: float = 7 * 86400
     reset_ttl_s: float = 3600.0
     setup_ttl_s: float = 24 * 3600
@@ -138,6 +138,7 @@ class Settings:
         return cls(
             db_url=db_url, host=host, port=port, public_url=os.environ.get("Z4J_PUBLIC_URL") or None,
             login_max_failures=int(_env_number("Z4J_LOGIN_MAX_FAILURES", 5)),
+            login_max_failures_source=int(_env_number("Z4J_LOGIN_MAX_FAILURES_SOURCE", 20)),
             smtp=SmtpSettings.from_env(), **durations,
         )
 

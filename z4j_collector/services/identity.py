@@ -101,14 +101,29 @@ class Identity:
         """New password; every session (but ``keep_session``) and, on a reset, every API token ends."""
         password_hash = await sec.hash_password(sec.check_password(password))
         now = time.time()
+        await self.store.write(lambda tx: self.password_changed(tx, actor, user, password_hash, now, keep_session,
+                                                                action))
 
-        async def tx_fn(tx: Any) -> None:
-            await self.store.set_password(tx, user.id, password_hash, now)
-            ended = await self.store.revoke_user_credentials(tx, user.id, now, tokens=action == "user.password_reset",
-                                                             keep_session=keep_session)
-            await self.audit.record(tx, actor.entry(INSTANCE, action, f"user:{user.email}", credentials_ended=ended), now)
+    async def password_changed(self, tx: Any, actor: Actor, user: UserRow, password_hash: str, now: float,
+                               keep_session: int | None = None, action: str = "user.password") -> None:
+        """Inside a write transaction: store the new hash, end every session (but
+        ``keep_session``), on a reset every API token too, and void open reset links."""
+        await self.store.set_password(tx, user.id, password_hash, now)
+        ended = await self.store.revoke_user_credentials(tx, user.id, now, tokens=action == "user.password_reset",
+                                                         keep_session=keep_session)
+        await self.store.void_password_resets(tx, user.id, now)
+        await self.audit.record(tx, actor.entry(INSTANCE, action, f"user:{user.email}", credentials_ended=ended), now)
 
-        await self.store.write(tx_fn)
+    async def open_one_time(self, tx: Any, table: str, token: str, now: float, use: bool = False) -> dict[str, Any]:
+        """A live setup or password-reset token (used up when ``use``); Unauthorized otherwise."""
+        row = await self.store.one_time_token(tx, table, sec.token_hash(token or ""))
+        live = row is not None and row["used_at"] is None and row["expires_at"] > now
+        if not live or (use and not await self.store.use_one_time_token(tx, table, row["id"], now)):
+            if table == "setup_tokens":
+                raise Unauthorized("unknown, used or expired setup token; restart `z4j serve` for a new one",
+                                   code="bad_setup_token")
+            raise Unauthorized("unknown, used or expired reset token", code="bad_reset_token")
+        return row  # type: ignore[return-value]
 
     async def update_user(self, actor: Actor, user_id: int, disabled: bool | None, superuser: bool | None) -> UserRow:
         user = await self.store.user_by_id(user_id)
@@ -145,17 +160,16 @@ class Identity:
     async def redeem_setup(self, token: str, email: str, password: str, name: str, source: str | None,
                            user_agent: str | None = None) -> LoginResult:
         email = sec.check_email(email)
-        password_hash = await sec.hash_password(sec.check_password(password))
+        sec.check_password(password)
+        # A wrong token costs no password hash (64 MiB and a core's time).
+        await self.store.write(lambda tx: self.open_one_time(tx, "setup_tokens", token, time.time()))
+        password_hash = await sec.hash_password(password)
         now = time.time()
 
         async def tx_fn(tx: Any) -> int:
-            row = await self.store.one_time_token(tx, "setup_tokens", sec.token_hash(token or ""))
-            if row is None or row["used_at"] is not None or row["expires_at"] <= now:
-                raise Unauthorized("unknown, used or expired setup token; restart `z4j serve` for a new one",
-                                   code="bad_setup_token")
+            await self.open_one_time(tx, "setup_tokens", token, now, use=True)
             if await self.store.user_id_tx(tx, None) is not None:
                 raise Forbidden("setup is done: a user already exists", code="setup_done")
-            await self.store.use_one_time_token(tx, "setup_tokens", row["id"], now)
             user_id = await self.store.insert_user(tx, email, name.strip()[:200], password_hash, True, now)
             actor = Actor(email, user_id, source)
             await self.audit.record(tx, actor.entry(INSTANCE, "setup.first_user", f"user:{email}", superuser=True), now)
@@ -253,10 +267,14 @@ class Identity:
             session = await self.store.session_by_hash(digest)
             if session is None or session["revoked_at"] is not None:
                 raise Unauthorized("unknown or ended session: log in again", code="session_ended")
-            if session["expires_at"] <= now or session["last_used_at"] + session["idle_s"] <= now:
-                raise Unauthorized("session expired: log in again", code="session_expired")
+            if session["expires_at"] <= now:
+                raise Unauthorized("session reached its maximum lifetime: log in again", code="session_expired")
+            if session["last_used_at"] + session["idle_s"] <= now:
+                raise Unauthorized(f"session idle for more than {session['idle_s']:g} s: log in again",
+                                   code="session_expired")
             user = await self._live_user(session["user_id"])
-            if now - session["last_used_at"] > _TOUCH_EVERY_S:
+            # Written at most every 30 s, but often enough for a short idle limit.
+            if now - session["last_used_at"] > min(_TOUCH_EVERY_S, session["idle_s"] / 4):
                 await self.store.touch_session(session["id"], now)
             return Principal("session", session["id"], user.id, user.email, user.is_superuser, source=source)
         row = await self.store.api_token_by_hash(digest)

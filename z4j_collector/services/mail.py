@@ -7,6 +7,7 @@ import logging
 import smtplib
 import ssl
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from z4j_collector.settings import SmtpSettings
 
@@ -28,6 +29,8 @@ class Mailer:
             return False
         message = EmailMessage()
         message["From"], message["To"], message["Subject"] = self.smtp.sender, to, subject
+        message["Date"] = formatdate(localtime=False, usegmt=True)
+        message["Message-ID"] = make_msgid("z4j", domain=self.smtp.sender.rpartition("@")[2])
         message.set_content(body)
         try:
             await asyncio.to_thread(self._deliver, message)

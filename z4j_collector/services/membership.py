@@ -194,18 +194,25 @@ class Membership:
 
     async def accept(self, token: str, password: str | None, name: str, source: str | None,
                      user_agent: str | None = None) -> dict[str, Any]:
-        """Join the project; a new user sets a password here and is logged in."""
-        password_hash = await sec.hash_password(sec.check_password(password)) if password else None
+        """Join the project; a new user sets a password here and is logged in
+        (an existing user keeps their password: one sent along is ignored)."""
+        # A wrong token costs no password hash (64 MiB and a core's time).
+        offer = await self.store.write(lambda tx: self._open_invitation(tx, token, time.time()))
+        password_hash = None
+        if await self.store.user_by_email(offer["email"]) is None:
+            if not password:
+                raise CollectorError("choose a password to create your account", code="weak_password")
+            password_hash = await sec.hash_password(sec.check_password(password))
         now = time.time()
 
-        async def tx_fn(tx: Any) -> tuple[dict[str, Any], int, bool]:
+        async def tx_fn(tx: Any) -> tuple[dict[str, Any], int, bool, str]:
             row = await self._open_invitation(tx, token, now)
             existing = await self.store.user_id_tx(tx, row["email"])
             if existing is not None:
                 user_id, created = existing, False
             else:
                 if password_hash is None:
-                    raise CollectorError("choose a password to create your account", code="weak_password")
+                    raise Conflict("the account changed while joining: try again", code="retry")
                 user_id, created = await self.store.insert_user(tx, row["email"], name.strip()[:200], password_hash,
                                                                 False, now), True
             if not await self.store.close_invitation(tx, row["id"], now):
@@ -219,10 +226,10 @@ class Membership:
                                                         invitation=row["id"]), now)
             await self.audit.record(tx, actor.entry(row["project_id"], "invitation.accept", f"user:{row['email']}",
                                                     role=role, invitation=row["id"]), now)
-            return row, user_id, created
+            return row, user_id, created, role
 
-        row, user_id, created = await self.store.write(tx_fn)
-        out: dict[str, Any] = {"project": row["project"], "role": row["role"], "email": row["email"],
+        row, user_id, created, role = await self.store.write(tx_fn)
+        out: dict[str, Any] = {"project": row["project"], "role": role, "email": row["email"],
                                "created_user": created}
         if created:
             user = await self.store.user_by_id(user_id)
@@ -274,23 +281,25 @@ class Membership:
         task.add_done_callback(self._background.discard)
 
     async def complete_reset(self, token: str, password: str, source: str | None) -> None:
+        """The token is used up in the same transaction as the password change
+        (which ends every session and API token): both happen, or neither."""
         sec.check_password(password)
+        identity = self.identity
+        # A wrong token costs no password hash (64 MiB and a core's time).
+        row = await self.store.write(lambda tx: identity.open_one_time(tx, "password_resets", token, time.time()))
+        user = await self.store.user_by_id(row["user_id"])
+        if user is None or user.disabled_at is not None:
+            raise Unauthorized("unknown, used or expired reset token", code="bad_reset_token")
+        password_hash = await sec.hash_password(password)
         now = time.time()
 
-        async def use(tx: Any) -> int:
-            row = await self.store.one_time_token(tx, "password_resets", sec.token_hash(token or ""))
-            if row is None or row["used_at"] is not None or row["expires_at"] <= now:
+        async def tx_fn(tx: Any) -> None:
+            if (await identity.open_one_time(tx, "password_resets", token, now, use=True))["user_id"] != user.id:
                 raise Unauthorized("unknown, used or expired reset token", code="bad_reset_token")
-            if not await self.store.use_one_time_token(tx, "password_resets", row["id"], now):
-                raise Unauthorized("unknown, used or expired reset token", code="bad_reset_token")
-            return row["user_id"]
+            await identity.password_changed(tx, Actor(user.email, user.id, source), user, password_hash, now,
+                                            action="user.password_reset")
 
-        user_id = await self.store.write(use)
-        user = await self.store.user_by_id(user_id)
-        if user is None:
-            raise Unauthorized("unknown, used or expired reset token", code="bad_reset_token")
-        await self.identity.set_password(Actor(user.email, user.id, source), user, password,
-                                         action="user.password_reset")
+        await self.store.write(tx_fn)
 
     # ------------------------------------------------------------ agents
 
