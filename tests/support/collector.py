@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -28,8 +31,10 @@ def z4j(*args: str, env: dict[str, str] | None = None, input: str | None = None,
 
 
 class Collector:
-    def __init__(self, db_url: str, log_dir: Path) -> None:
+    def __init__(self, db_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.db_url = db_url
+        self.env = dict(env or {})
+        """Extra environment of the ``z4j serve`` process (Z4J_SESSION_IDLE_S, Z4J_SMTP_HOST, …)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"collector-{self.port}.log"
@@ -40,7 +45,7 @@ class Collector:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [*Z4J, "serve", "--db", self.db_url, "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -88,8 +93,39 @@ class Collector:
         return {"Z4J_BRAIN_URL": self.url, "Z4J_TOKEN": creds["token"], "Z4J_HMAC_SECRET": creds["hmac_secret"],
                 "Z4J_PROJECT_ID": creds["project"], "Z4J_AGENT_NAME": creds["name"]}
 
-    def api(self, token: str) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    def api(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+    def setup_token(self) -> str:
+        """The one-time setup token ``z4j serve`` printed to stderr (no user yet): the newest one."""
+        found = re.findall(r"--token (z4ju_[A-Za-z0-9_-]+)", self.log_path.read_text(errors="replace"))
+        if not found:
+            raise AssertionError(f"no setup token in the collector's log: {self.log_tail()}")
+        return found[-1]
+
+    def first_superuser(self, email: str = "root@example.com", password: str = "root-password-1") -> str:
+        """Redeem the setup token (POST /api/v1/setup); the superuser's session token."""
+        reply = httpx.post(f"{self.url}/api/v1/setup", timeout=30,
+                           json={"token": self.setup_token(), "email": email, "password": password})
+        assert reply.status_code == 201, reply.text
+        return reply.json()["token"]
+
+    def login(self, email: str, password: str) -> str:
+        """A session token (POST /api/v1/auth/login)."""
+        reply = httpx.post(f"{self.url}/api/v1/auth/login", json={"email": email, "password": password}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["token"]
+
+
+@contextmanager
+def running(db_url: str, log_dir: Path, **env: object) -> Iterator[Collector]:
+    """A collector started with extra environment (``Z4J_LOGIN_WINDOW_S=10``…), stopped afterwards."""
+    collector = Collector(db_url, log_dir, env={k: str(v) for k, v in env.items()}).start()
+    try:
+        yield collector
+    finally:
+        collector.stop()
 
 
 # ------------------------------------------------------------------ in-process credentials
