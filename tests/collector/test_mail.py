@@ -42,6 +42,8 @@ def test_invitation_mail_and_its_token_work_once(db_url, tmp_path, smtp):
         admin = c.api(login(c, "adam@example.com", ANN_PW).json()["token"])
 
         error(admin.post(INVITATIONS, json={"email": "new@example.com", "role": "owner"}), 403, "forbidden")
+        denied = root.get("/api/v1/projects/default/audit", params={"action": "invitation.create", "outcome": "denied"})
+        assert [(e["actor"], e["detail"]["role"]) for e in denied.json()["entries"]] == [("adam@example.com", "owner")]
         made = admin.post(INVITATIONS, json={"email": "New@Example.com", "role": "operator"})
         assert made.status_code == 201, made.text
         invitation = made.json()
@@ -82,7 +84,7 @@ def test_invitation_mail_and_its_token_work_once(db_url, tmp_path, smtp):
 
         actions = audit_actions(root, "/api/v1/projects/default/audit", action="invitation.*")
         assert sorted(actions) == ["invitation.accept", "invitation.create", "invitation.create",
-                                   "invitation.revoke"]
+                                   "invitation.create", "invitation.revoke"]  # one of them the denied one
 
 
 def test_an_existing_user_joins_without_changing_their_password(db_url, tmp_path, smtp):
@@ -207,3 +209,23 @@ def test_an_unreachable_smtp_server_does_not_fail_the_invitation(db_url, tmp_pat
         line = next(x for x in c.log_path.read_text().splitlines() if "could not send" in x)
         assert "eve@example.com" in line and dead["Z4J_SMTP_PORT"] in line
         assert accept(c, made.json()["token"], "eve-password-1").status_code == 201
+
+
+def test_reset_requests_cannot_flood_a_mailbox(db_url, tmp_path, smtp):
+    """Past three open reset links per account, requests answer the same and send nothing."""
+    from z4j_collector.services.membership import MAX_OPEN_RESETS
+
+    with running(db_url, tmp_path, **smtp.collector_env(SENDER)) as c:
+        root = c.api(c.first_superuser(ROOT, ROOT_PW))
+        add_user(root, "ann@example.com", role="viewer")
+        anon = c.api()
+        answers = [anon.post("/api/v1/auth/password-reset", json={"email": "ann@example.com"})
+                   for _ in range(MAX_OPEN_RESETS + 3)]
+        assert {(a.status_code, a.text) for a in answers} == {(202, answers[0].text)}
+        wait_until(lambda: len(smtp.messages_to("ann@example.com")) >= MAX_OPEN_RESETS, what="reset mails")
+        assert len(rows(c.db_url, "SELECT id FROM password_resets")) == MAX_OPEN_RESETS
+        assert len(smtp.messages_to("ann@example.com")) == MAX_OPEN_RESETS
+        # The links that went out still work.
+        token = token_in(smtp.messages_to("ann@example.com")[0], "z4jr")
+        done = anon.post("/api/v1/auth/password-reset/complete", json={"token": token, "password": "ann-new-password"})
+        assert done.status_code == 204, done.text

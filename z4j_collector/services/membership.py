@@ -27,6 +27,8 @@ from z4j_collector.services.mail import Mailer
 from z4j_collector.store.base import SqlStore
 
 log = logging.getLogger("z4j.collector.membership")
+MAX_OPEN_RESETS = 3
+"""Reset mails per account within one reset lifetime; further requests send nothing."""
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -145,10 +147,15 @@ class Membership:
     async def invite(self, access: Access, email: str, role: str, expires_hours: float | None = None) -> dict[str, Any]:
         email = sec.check_email(email)
         roles.check_role(role)
+        refusal = None
         if role == "owner" and access.role != "owner":
-            raise Forbidden("only an owner can invite an owner")
-        if not access.has(role):
-            raise Forbidden(f"you cannot invite above your own role ({access.role})")
+            refusal = Forbidden("only an owner can invite an owner")
+        elif not access.has(role):
+            refusal = Forbidden(f"you cannot invite above your own role ({access.role})")
+        if refusal is not None:
+            await self.audit.write(access.actor.entry(access.project_id, "invitation.create", f"user:{email}",
+                                                      outcome="denied", reason=refusal.message, role=role))
+            raise refusal
         ttl = self.identity.settings.invite_ttl_s if expires_hours is None else expires_hours * 3600
         if not 0 < ttl <= 30 * 86400:
             raise CollectorError("an invitation expires within 30 days", code="bad_expiry")
@@ -261,6 +268,8 @@ class Membership:
             return
         now = time.time()
         ttl = self.identity.settings.reset_ttl_s
+        if await self.store.recent_resets(user.id, now - ttl) >= MAX_OPEN_RESETS:
+            return  # no mailbox flooding: the links already sent still work
 
         async def tx_fn(tx: Any) -> None:
             await self.store.insert_reset(tx, user.id, digest, now, now + ttl)

@@ -297,6 +297,11 @@ class IdentitySql:
             "INSERT INTO password_resets (user_id, token_hash, created_at, expires_at) VALUES (?, ?, ?, ?)",
             (user_id, token_hash, now, expires_at))
 
+    async def recent_resets(self, user_id: int, since: float) -> int:
+        row = await self.fetchone(  # type: ignore[attr-defined]
+            "SELECT COUNT(*) FROM password_resets WHERE user_id = ? AND created_at >= ?", (user_id, since))
+        return row[0] if row else 0
+
     async def one_time_token(self, tx: Any, table: str, token_hash: str) -> dict[str, Any] | None:
         """A password-reset or setup token row, locked for this transaction."""
         assert table in ("password_resets", "setup_tokens")
