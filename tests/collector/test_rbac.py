@@ -671,6 +671,7 @@ def test_member_management_rules_and_their_audit_rows(world):
         (a, "member.role", "user:owner@example.com", "denied", "viewer"),
         (a, "member.remove", "user:owner@example.com", "denied", None),
         (a, "member.role", "user:crew-admin@example.com", "denied", "owner"),
+        (a, "invitation.create", "user:invited-owner@example.com", "denied", "owner"),
         (o, "member.role", "user:crew-1@example.com", "ok", "viewer"),
         (o, "member.add", "user:crew-2@example.com", "ok", "owner"),
         (o, "invitation.create", "user:invited-owner@example.com", "ok", "owner"),

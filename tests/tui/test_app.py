@@ -99,6 +99,8 @@ async def test_browse_filter_and_open_a_failure(collector, world):
             # newest first, with the counts per state above
             everything = ["cleanup-1", "email-1", "charge-1", "report-1"]
             await until(pilot, lambda: row_ids(app) == everything, "the four tasks")
+            # The table's rows exist before they are painted: wait for the screen.
+            await until(pilot, lambda: "reports.build" in screen_text(app), "the rows on screen")
             counts = screen_text(app)
             assert "all 4" in counts and "failure 1" in counts and "success 1" in counts
             assert "reports.build" in counts and "1.500s" in counts
