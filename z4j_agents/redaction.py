@@ -95,8 +95,9 @@ def _key_is_sensitive(key: str, extra_needles: tuple[str, ...]) -> bool:
 
 # --- values ------------------------------------------------------------------
 #
-# Each family runs only when a cheap substring test says it could match, so an
-# ordinary string costs a handful of C-level ``in`` checks and one regex scan.
+# Each family runs only when a cheap substring test says it could match, and
+# one prefilter (_TRIGGERS) lets an ordinary string skip all of them with a
+# single C-level search.
 
 _PEM = re.compile(
     r"(-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----)"
@@ -125,7 +126,6 @@ _PREFIXED = re.compile(
     r"|(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])"  # AWS access key id
     r")"
 )
-_UNDERSCORE_HINTS = ("k_live_", "k_test_", "whsec_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
 _BEARER = re.compile(r"\b((?:[Bb]earer|BEARER)[ \t]+)[A-Za-z0-9._~+/-]{8,}=*")
 _BEARER_REPL = r"\1" + MASK
 _URL_REPL = r"\1" + MASK
@@ -152,11 +152,21 @@ _KV_VALUE = re.compile(
 )
 
 
-def _contains_any(s: str, hints: tuple[str, ...]) -> bool:
-    for hint in hints:
-        if hint in s:
-            return True
-    return False
+# Every family in ``_Policy.text`` is gated by substring tests, and each gate
+# implies a match of this pattern: a string it does not match comes out of
+# ``text`` unchanged, so one C-level search decides for most strings (a
+# handful of ``in`` tests and two Python calls otherwise). Keep it a superset
+# of the gates (tests/agents/test_redaction.py compares both on every family).
+_TRIGGERS = re.compile(
+    r"[:=]|PRIVATE KEY|eyJ|k_live_|k_test_|whsec_|gh[pousr]_|github_pat_|xox|AIza|AKIA|ASIA|earer|EARER|asic|ASIC"
+)
+
+
+_GITHUB_HINT = re.compile("gh[pousr]_|github_pat_")
+
+
+def _always(s: str) -> bool:
+    return True
 
 
 def _mask_pem(m: re.Match[str]) -> str:
@@ -261,11 +271,13 @@ class _Policy:
         "_extra_needles",
         "_extra_res",
         "_min_len",
+        "probe",
         "_max_depth",
         "_max_string",
         "_window",
         "_sensitive_cache",
         "_key_cache",
+        "_harmless_keys",
     )
 
     def __init__(
@@ -276,19 +288,22 @@ class _Policy:
         extra_res: tuple[re.Pattern[str], ...],
         max_depth: int,
         max_string: int,
-        caches: tuple[dict[str, bool], dict[str, tuple[bool, str, bool]]],
+        caches: tuple[dict[str, bool], dict[str, tuple[bool, str, bool]], set[str]],
     ) -> None:
         self.redact_all = redact_all
         self._extra_needles = extra_needles
         self._extra_res = extra_res
         # No built-in secret is shorter than 8 chars; user patterns may be.
         self._min_len = 1 if extra_res else 8
+        # probe(s) is falsy when ``text(s)`` is certainly ``s``: user patterns
+        # may match anything, so with them every string is scanned.
+        self.probe = _always if extra_res else _TRIGGERS.search
         self._max_depth = max_depth
         self._max_string = max_string
         # Huge strings: mask a generous prefix only, then truncate.
         self._window = 2 * max_string + 4096
         # Shared by policies with the same extra keys and patterns.
-        self._sensitive_cache, self._key_cache = caches
+        self._sensitive_cache, self._key_cache, self._harmless_keys = caches
 
     # -- keys --
 
@@ -332,7 +347,8 @@ class _Policy:
         if "eyJ" in s:
             s = _JWT.sub(MASK, s)
         if (
-            ("_" in s and _contains_any(s, _UNDERSCORE_HINTS))
+            ("_" in s and (("k_" in s and ("k_live_" in s or "k_test_" in s)) or "whsec_" in s
+                           or ("gh" in s and _GITHUB_HINT.search(s) is not None)))
             or "xox" in s
             or ("A" in s and ("AIza" in s or "AKIA" in s or "ASIA" in s))
         ):
@@ -341,27 +357,40 @@ class _Policy:
             s = _BEARER.sub(_BEARER_REPL, s)
         if "asic" in s or "ASIC" in s:
             s = _BASIC.sub(_mask_basic, s)
-        if (colon or "=" in s) and (len(s) < 256 or self._may_have_sensitive_key(s)):
+        if (colon or "=" in s) and self._may_have_sensitive_key(s):
             s = self._assignments(s)
         for rx in self._extra_res:
             s = rx.sub(_mask_extra, s)
         return s
 
     def _may_have_sensitive_key(self, s: str) -> bool:
-        """False when no ``key=``/``key:`` in the long text ``s`` is sensitive.
+        """False when no ``key=``/``key:`` in ``s`` is sensitive.
 
         Reversed, "key: value" reads ":key", which a regex can find starting
         from the separator: one C-level pass collects every key in the text
         (a key-first regex is retried at every character, and the exact scan
-        below costs a few µs of Python per separator).
+        below costs a few µs of Python per separator). Keys already found
+        harmless are dropped by one set difference, so a traceback seen in
+        many shapes costs no Python per key. A superset of what
+        ``_assignments`` masks: it reads the same keys, minus "==", "::",
+        ":=" and "://" (and, for keys over 256 characters, only their end).
         """
+        keys = set(_KV_KEYS_REVERSED.findall(s[::-1]))
+        harmless = self._harmless_keys
+        keys -= harmless
+        if not keys:
+            return False
         sensitive, cache_get = self.sensitive, self._sensitive_cache.get
-        for reversed_key in set(_KV_KEYS_REVERSED.findall(s[::-1])):
+        for reversed_key in keys:
             key = reversed_key[::-1]
             if key[0] in _KEY_START:
                 found = cache_get(key)
                 if (sensitive(key) if found is None else found) and not key.endswith(_EXCEPTION_SUFFIXES):
                     return True
+            if len(reversed_key) <= _CACHEABLE_KEY:
+                if len(harmless) >= _CACHE_SIZE:
+                    harmless.clear()
+                harmless.add(reversed_key)
         return False
 
     def _assignments(self, s: str) -> str:
@@ -419,6 +448,8 @@ class _Policy:
         if n < self._min_len:
             return s
         if n <= self._max_string:
+            if not self.probe(s):
+                return s
             out = self.text(s)
             if out is not s and out != s:
                 state[_HIT] = True
@@ -444,7 +475,10 @@ class _Policy:
     def walk(self, v: Any, depth: int, state: _State) -> Any:
         t = type(v)
         if t is str:
-            return self.string(v, state) if len(v) >= self._min_len else v
+            n = len(v)
+            if n < self._min_len or (n <= self._max_string and not self.probe(v)):
+                return v
+            return self.string(v, state)
         if t in _SCALARS:
             return v
         if t is dict:
@@ -486,7 +520,7 @@ class _Policy:
             return stop
         depth += 1
         out = {}
-        cache, min_len = self._key_cache, self._min_len
+        cache, min_len, max_string, probe = self._key_cache, self._min_len, self._max_string, self.probe
         for k, x in list(v.items()):  # a snapshot: another thread may be mutating v
             if type(k) is not str:
                 k = _key_text(k)
@@ -499,7 +533,8 @@ class _Policy:
             if masking or info[0]:
                 x = self.mask(x, depth, state)
             elif t is str:
-                if len(x) >= min_len:
+                n = len(x)
+                if n >= min_len and (n > max_string or probe(x)):
                     x = self.string(x, state)
             elif t not in _SCALARS:
                 x = self.walk(x, depth, state)
@@ -521,14 +556,15 @@ class _Policy:
             out = [self.walk(items[0], depth, state), self.mask(items[1], depth, state)]
         else:
             out = items  # a fresh list: replace the items that need work
-            min_len, string, walk = self._min_len, self.string, self.walk
+            min_len, max_string, probe = self._min_len, self._max_string, self.probe
             for i, x in enumerate(items):
                 t = type(x)
                 if t is str:
-                    if len(x) >= min_len:
-                        out[i] = string(x, state)
+                    n = len(x)
+                    if n >= min_len and (n > max_string or probe(x)):
+                        out[i] = self.string(x, state)
                 elif t not in _SCALARS:
-                    out[i] = walk(x, depth, state)
+                    out[i] = self.walk(x, depth, state)
         state[_PATH].discard(id(v))
         return out
 
@@ -616,7 +652,7 @@ class Redactor:
 
         def policy(redact_all: bool, needles: tuple[str, ...], regexes: tuple[str, ...]) -> _Policy:
             compiled = tuple(_compile_extra(p) for p in regexes)  # validates before hashing
-            shared = caches.setdefault((needles, regexes), ({}, {}))
+            shared = caches.setdefault((needles, regexes), ({}, {}, set()))
             return _Policy(
                 redact_all=redact_all,
                 extra_needles=needles,
@@ -647,7 +683,9 @@ class Redactor:
 
     def redact(self, value: Any, task_name: str | None = None) -> tuple[Any, bool]:
         """Return (a redacted, JSON-shaped copy of ``value``, whether anything was masked)."""
-        policy = self._default if task_name is None else self._policy(task_name)
+        return self._apply(self._default if task_name is None else self._policy(task_name), value)
+
+    def _apply(self, policy: _Policy, value: Any) -> tuple[Any, bool]:
         if policy.redact_all:
             return MASK, True
         state = [False, set()]  # see _new_state
@@ -702,18 +740,32 @@ def redact_event(redactor: Redactor, event: Any) -> bool:
 
     The one place both sides use: the agent before anything leaves the worker
     (it also turns arbitrary objects into their repr), the collector again on
-    ingest. Sets ``event.redacted`` and returns it.
+    ingest. Sets ``event.redacted`` and returns it. Field by field exactly what
+    ``Redactor.redact``/``redact_text`` return, with the task's policy looked
+    up once and the common values (None, numbers, strings nothing could match)
+    handled without a walk.
     """
     name, hit = event.name, bool(event.redacted)
+    policy = redactor._default if name is None else redactor._policy(name)
+    probe, max_string = policy.probe, policy._max_string
     for field in _PAYLOAD_FIELDS:
         value = getattr(event, field)
-        if value is not None:
-            clean, masked = redactor.redact(value, name)
-            setattr(event, field, clean)
-            hit = hit or masked
+        if value is None:
+            continue
+        if not policy.redact_all:
+            t = type(value)
+            if t in _SCALARS:
+                continue  # kept as is, nothing masked
+            if t is str and (len(value) < policy._min_len or (len(value) <= max_string and not probe(value))):
+                continue
+        clean, masked = redactor._apply(policy, value)
+        setattr(event, field, clean)
+        hit = hit or masked
     for field in _TEXT_FIELDS:
         value = getattr(event, field)
         if value:
+            if type(value) is str and len(value) <= max_string and not probe(value):
+                continue  # what redact_text returns for it: itself, nothing masked
             clean, masked = redactor.redact_text(value, name)
             setattr(event, field, clean)
             hit = hit or masked

@@ -655,3 +655,127 @@ def test_property_plain_words_are_identity():
         sentence = " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(1, 30)))
         assert text(sentence) == (sentence, False)
         assert redact({"note": sentence, "n": [sentence]}) == ({"note": sentence, "n": [sentence]}, False)
+
+
+# --- fast paths: each must be exact, never a way around a family ---------------------
+#
+# _Policy.text skips everything for strings that _TRIGGERS does not match, and
+# the key=value scan for strings whose keys are all known harmless. Both are
+# checked against the plain gated scan they replace (kept here as the reference).
+
+from z4j_agents import redaction as _r  # noqa: E402
+
+_REF_HINTS = ("k_live_", "k_test_", "whsec_", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")
+
+
+def _reference_text(policy, s):
+    """The scan before the fast paths: every family gated by ``in`` tests only."""
+    colon = ":" in s
+    if "-" in s and "PRIVATE KEY" in s:
+        s = _r._PEM.sub(_r._mask_pem, s)
+    if colon and "://" in s:
+        s = _r._URL_PASSWORD.sub(_r._URL_REPL, s)
+        if "hooks" in s:
+            s = _r._WEBHOOK.sub(_r._mask_webhook, s)
+    if "eyJ" in s:
+        s = _r._JWT.sub(MASK, s)
+    if ("_" in s and any(h in s for h in _REF_HINTS)) or "xox" in s or any(h in s for h in ("AIza", "AKIA", "ASIA")):
+        s = _r._PREFIXED.sub(MASK, s)
+    if "earer" in s or "EARER" in s:
+        s = _r._BEARER.sub(_r._BEARER_REPL, s)
+    if "asic" in s or "ASIC" in s:
+        s = _r._BASIC.sub(_r._mask_basic, s)
+    if colon or "=" in s:
+        s = policy._assignments(s)
+    for rx in policy._extra_res:
+        s = rx.sub(_r._mask_extra, s)
+    return s
+
+
+_FAMILY_SAMPLES = [
+    "-----BEGIN RSA PRIVATE KEY-----\nMIIEabc\n-----END RSA PRIVATE KEY-----",
+    "postgres://app:Sup3rS3cret@db/app",
+    "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
+    JWT,
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "rk_test_4eC39HqLyjWDarjtT1zdp7dc",
+    "whsec_abcdefghijklmnopqrstuvwxyz012345",
+    "ghr_" + "x" * 36,
+    "github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyz",
+    "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+    "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ASIAY34FZKBOKMUTVV7A",
+    "Bearer abcdef123456",
+    "BEARER abcdef123456",
+    "Basic dXNlcjpwYXNzd29yZA==",
+    "BASIC dXNlcjpwYXNzd29yZA==",
+    "password=hunter2x",
+    "api_key: abcdefgh",
+]
+
+
+@pytest.mark.parametrize("secret", _FAMILY_SAMPLES)
+def test_every_family_is_caught_by_the_trigger_prefilter(secret):
+    # The prefilter must match anything a family masks, alone or inside text,
+    # in a bare string and in a structure (the inlined fast paths).
+    assert _r._TRIGGERS.search(secret) is not None
+    assert text(secret)[1], secret
+    for holder in (f"x {secret} y", [f"x {secret} y"], {"note": f"x {secret} y"}, (1, f"{secret}")):
+        out, hit = redact(holder)
+        assert hit and out != holder, holder
+
+
+def _corpus(rng):
+    words = _WORDS + ["db.get_session()", "key", "value", "a=b", "x: y", "::", "==", "://", "Error:",
+                      "TokenError: x", "author: me", "tokenizer=x", "id_token=abcdefgh", "'secret': 'k v'"]
+    words += _FAMILY_SAMPLES
+    for _ in range(2000):
+        parts = [rng.choice(words) for _ in range(rng.randrange(1, 12))]
+        if rng.random() < 0.3:
+            parts.append("".join(rng.choice(string.printable) for _ in range(rng.randrange(60))))
+        yield rng.choice([" ", "", "\n", ", ", "&"]).join(parts)
+
+
+def test_fast_paths_agree_with_the_reference_scan():
+    policy = Redactor()._default
+    rng = random.Random(2024)
+    for s in _corpus(rng):
+        assert policy.text(s) == _reference_text(policy, s), s
+    # A long text (over 256 chars: the key pre-check always ran there).
+    for s in _corpus(rng):
+        long = (s + " | ") * 30
+        assert policy.text(long) == _reference_text(policy, long)
+
+
+def test_harmless_key_cache_never_hides_a_later_secret():
+    r = Redactor()
+    # The same keys, first harmless, then one sensitive next to them.
+    assert r.redact_text("user=bob id=7 port=5432") == ("user=bob id=7 port=5432", False)
+    assert r.redact_text("user=bob id=7 password=hunter2x") == (f"user=bob id=7 password={MASK}", True)
+    assert r.redact_text("user=bob id=7 port=5432") == ("user=bob id=7 port=5432", False)
+    long = "frame user=bob\n" * 40
+    assert r.redact_text(long) == (long, False)
+    assert r.redact_text(long + "token: abcdefgh\n") == (long + f"token: {MASK}\n", True)
+
+
+def test_redact_event_fast_paths_match_redact():
+    from z4j_agents import protocol as p
+
+    values = [None, 0, 1.5, True, "short", "plain words only here", "AKIAIOSFODNN7EXAMPLE",
+              "password=hunter2x", [1, "x"], ("t", "AKIAIOSFODNN7EXAMPLE"), {"api_key": 5}, "x" * 70_000]
+    for policy in (Redactor(), Redactor(extra_patterns=[r"ord[0-9]+"]),
+                   Redactor(overrides={"t": TaskRedaction(redact_all=True)})):
+        for value in values + ["ord12345"]:
+            event = p.TaskEvent(id="e", task_id="t1", engine="x", kind="received", ts=1.0, name="t",
+                                args=value, kwargs=value, result=value)
+            expected, hit = policy.redact(value, "t")
+            assert _r.redact_event(policy, event) is (hit if value is not None else False)
+            if value is not None:
+                assert (event.args, event.kwargs, event.result) == (expected,) * 3
+        for value in ("plain words only here", "see AKIAIOSFODNN7EXAMPLE", "x" * 70_000, "ord1"):
+            event = p.TaskEvent(id="e", task_id="t1", engine="x", kind="failed", ts=1.0, name="t",
+                                exception=value, traceback=value)
+            expected, hit = policy.redact_text(value, "t")
+            assert _r.redact_event(policy, event) is hit
+            assert (event.exception, event.traceback) == (expected, expected)
