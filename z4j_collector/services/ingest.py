@@ -10,6 +10,7 @@ gateways stop reading their sockets and TCP pushes back on the agents.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -17,6 +18,31 @@ from z4j_collector.services.hub import Hub
 from z4j_collector.store.base import IngestItem, IngestOutcome, SqlStore
 
 log = logging.getLogger("z4j.collector.ingest")
+
+# Ingest allocates a few containers per event (decoded payloads, redacted
+# copies, rows) that live until their commit. With CPython's defaults (a young
+# collection every 700 allocations) that churn triggered full collections
+# that rescanned the whole startup heap (Litestar, SQLAlchemy metadata, …)
+# every ~20,000 events: measured at 18% of the collector's CPU at 16k
+# events/s. Freezing what exists once the app has started takes it out of
+# every later collection; a larger young generation lets most per-batch
+# objects die by reference count before a collection ever scans them.
+# Garbage cycles are still collected, only less often.
+GC_YOUNG_THRESHOLD = 20_000
+_gc_tuned = False
+
+
+def tune_gc() -> None:
+    """Once per process, when the collector has started (see above)."""
+    global _gc_tuned
+    if _gc_tuned:
+        return
+    _gc_tuned = True
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    if 0 < young < GC_YOUNG_THRESHOLD:
+        gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 @dataclass
@@ -38,6 +64,7 @@ class IngestWriter:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        tune_gc()
         self._task = asyncio.create_task(self._run(), name="z4j-ingest-writer")
 
     async def stop(self) -> None:
