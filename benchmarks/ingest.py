@@ -102,7 +102,7 @@ def sender(env: dict, items: list[tuple], start: mp.Event, done: mp.Queue, high_
     ]
     runtime.connected.wait(30)
     start.wait()
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     emit, now, queue = runtime.emit, time.time, runtime._queue
     for n, event in enumerate(events):
         event.ts = now()  # emit time: commit lag is measured from here
@@ -120,11 +120,46 @@ def sender(env: dict, items: list[tuple], start: mp.Event, done: mp.Queue, high_
                 time.sleep(0.001)
     ok = agent.flush(600)
     t1 = time.time()
-    done.put((t0, t1, ok, runtime.dropped))
+    cpu = time.process_time() - cpu0
+    done.put((t0, t1, ok, runtime.dropped, cpu))
     agent.stop()
 
 
-def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate: float = 0.0) -> dict:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (Linux /proc), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu(parent: int) -> dict[int, float]:
+    """CPU of every live child of ``parent`` (PostgreSQL's backends and helpers)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                out[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+def _postmaster(pg) -> int | None:
+    if pg is None:
+        return None
+    try:
+        return int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate: float = 0.0, pg=None) -> dict:
     collector = Collector(db_url, workdir).start()
     try:
         ctx = mp.get_context("fork")
@@ -137,11 +172,18 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
         for proc in procs:
             proc.start()
         time.sleep(2.0)  # let every sender connect before the clock starts
+        postmaster = _postmaster(pg)
+        db_cpu0 = _children_cpu(postmaster) if postmaster else {}
+        collector_cpu0 = _cpu_seconds(collector.proc.pid)
         start.set()
         results = [done.get(timeout=900) for _ in procs]
+        # CPU per event of each process over the timed window: on this shared
+        # machine a steadier yardstick for one stage than the wall-clock rate.
+        collector_cpu = _cpu_seconds(collector.proc.pid) - collector_cpu0
+        db_cpu = sum(t - db_cpu0.get(pid, 0.0) for pid, t in _children_cpu(postmaster).items()) if postmaster else 0.0
         for proc in procs:
             proc.join(30)
-        if not all(ok for *_, ok, _ in results) or any(dropped for *_, dropped in results):
+        if not all(r[2] for r in results) or any(r[3] for r in results):
             raise RuntimeError(f"a sender did not deliver everything: {results}")
         elapsed = max(r[1] for r in results) - min(r[0] for r in results)
         task_events = sum(1 for item in items if item[0] == "task")
@@ -151,10 +193,15 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
     finally:
         collector.stop()
     lags.sort()
+    per_event = 1e6 / len(items)
+    cpu = {"sender": sum(r[4] for r in results) * per_event, "collector": collector_cpu * per_event}
+    if postmaster:
+        cpu["postgres"] = db_cpu * per_event
     return {
         "events_per_s": len(items) / elapsed,
         "lag_p50_ms": lags[len(lags) // 2] * 1000,
         "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
+        "cpu_us_per_event": {k: round(v, 1) for k, v in cpu.items()},
     }
 
 
@@ -178,13 +225,15 @@ def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float 
                 results.append(run_once(f"sqlite:///{workdir}/z4j.db", items, senders, workdir, rate))
             else:
                 with PostgresServer(durable=True, settings=PG_SETTINGS) as pg:
-                    results.append(run_once(pg.create_database("bench"), items, senders, workdir, rate))
-        print(f"  {kind}: {results[-1]['events_per_s']:,.0f} events/s", file=sys.stderr)
+                    results.append(run_once(pg.create_database("bench"), items, senders, workdir, rate, pg))
+        cpu = ", ".join(f"{k} {v}" for k, v in results[-1]["cpu_us_per_event"].items())
+        print(f"  {kind}: {results[-1]['events_per_s']:,.0f} events/s (CPU µs/event: {cpu})", file=sys.stderr)
     return {
         "events_per_s": statistics.median(r["events_per_s"] for r in results),
         "lag_p50_ms": statistics.median(r["lag_p50_ms"] for r in results),
         "lag_p99_ms": statistics.median(r["lag_p99_ms"] for r in results),
         "runs": [round(r["events_per_s"]) for r in results],
+        "cpu_us_per_event": [r["cpu_us_per_event"] for r in results],
     }
 
 
