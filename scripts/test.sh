@@ -130,6 +130,9 @@ run_family() {
 
 # --------------------------------------------------------------- families
 run_family main all celery --group=dev --group=bench -- --ignore=tests/engines
+# Celery tests share one real worker per test file (module fixtures): keep a
+# file's tests in one xdist process.
+run_family celery celery collector --group=dev -- --dist=loadfile
 
 # Engine families whose libraries conflict with the main environment get their
 # own environment once they have tests under tests/engines/<name>/, e.g.:
