@@ -21,6 +21,7 @@ from z4j_collector.api.admin import ProjectController, UserController
 from z4j_collector.api.audit import AuditController
 from z4j_collector.api.auth import AuthController
 from z4j_collector.api.commands import CommandController
+from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
 from z4j_collector.api.schemas import Health
@@ -37,6 +38,7 @@ from z4j_collector.services.identity import Identity
 from z4j_collector.services.ingest import IngestWriter
 from z4j_collector.services.mail import Mailer
 from z4j_collector.services.membership import Membership
+from z4j_collector.services.schedules import Schedules
 from z4j_collector.settings import Settings
 from z4j_collector.store import make_store, migrate
 
@@ -82,7 +84,7 @@ class CollectorPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
             [health, agent_gateway, project_stream, TaskController, FleetController, CommandController,
-             AuthController, UserController, ProjectController, AuditController]
+             AuthController, UserController, ProjectController, AuditController, ScheduleController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -113,6 +115,8 @@ class CollectorPlugin(InitPluginProtocol):
             membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
             commands=CommandService(store, registry, audit), redactor=default_redactor(),
         )
+        app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
+        app.state.schedules.start()
         checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))
         try:
             token = await identity.issue_setup_token()
@@ -128,6 +132,7 @@ class CollectorPlugin(InitPluginProtocol):
             yield
         finally:
             checkpoints.cancel()
+            await app.state.schedules.stop()
             await writer.stop()
             await store.close()
 

@@ -62,6 +62,7 @@ _DURATIONS = (
     ("invite_ttl_s", "Z4J_INVITE_TTL_S", 7 * 86400),
     ("reset_ttl_s", "Z4J_RESET_TTL_S", 3600.0),
     ("checkpoint_interval_s", "Z4J_AUDIT_CHECKPOINT_S", 3600.0),
+    ("schedule_sync_s", "Z4J_SCHEDULE_SYNC_S", 10.0),
 )
 
 
@@ -116,6 +117,8 @@ class Settings:
     reset_ttl_s: float = 3600.0
     setup_ttl_s: float = 24 * 3600
     checkpoint_interval_s: float = 3600.0
+    schedule_sync_s: float = 10.0
+    """How often schedules are read from each connected scheduler's agent."""
     smtp: SmtpSettings | None = None
 
     @property

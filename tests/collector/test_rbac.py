@@ -112,6 +112,16 @@ MATRIX = {
     ("GET", "/api/v1/projects/{project}/invitations"): "admin",
     ("POST", "/api/v1/projects/{project}/invitations"): "admin",
     ("DELETE", "/api/v1/projects/{project}/invitations/{invitation_id}"): "admin",
+    # Schedules: viewers read, operators enable/disable/trigger, admins create/edit/delete
+    ("GET", "/api/v1/projects/{project}/schedules"): "viewer",
+    ("GET", "/api/v1/projects/{project}/schedules/{schedule_id}"): "viewer",
+    ("GET", "/api/v1/projects/{project}/schedules/{schedule_id}/fires"): "viewer",
+    ("POST", "/api/v1/projects/{project}/schedules/{schedule_id}/enable"): "operator",
+    ("POST", "/api/v1/projects/{project}/schedules/{schedule_id}/disable"): "operator",
+    ("POST", "/api/v1/projects/{project}/schedules/{schedule_id}/trigger"): "operator",
+    ("POST", "/api/v1/projects/{project}/schedules"): "admin",
+    ("PATCH", "/api/v1/projects/{project}/schedules/{schedule_id}"): "admin",
+    ("DELETE", "/api/v1/projects/{project}/schedules/{schedule_id}"): "admin",
     # Owner: delete the project
     ("DELETE", "/api/v1/projects/{project}"): "owner",
 }
@@ -122,6 +132,7 @@ MATRIX = {
 # end in 400/404 without changing anything.
 MISSING = 999_999
 PATH_PARAMS = {"task_id": "no-such-task", "command_id": "no-such-command", "user_id": MISSING, "session_id": MISSING,
+               "schedule_id": MISSING,
                "token_id": MISSING, "agent_id": MISSING, "invitation_id": MISSING, "token": "z4ji_no-such-invitation",
                "path": "no-such-document"}
 BODIES = {

@@ -55,6 +55,10 @@ class AgentRegistry:
             await session.close(reason)
         return len(sessions)
 
+    def all_sessions(self) -> list[AgentSession]:
+        """Every live connection (of one agent: oldest first)."""
+        return [session for sessions in self._sessions.values() for session in sessions]
+
     def find(self, project_id: int, action: str, engine: str | None) -> AgentSession | None:
         for sessions in self._sessions.values():
             for session in reversed(sessions):

@@ -25,6 +25,7 @@ class CommandService:
         self.audit = audit
         self.timeout_s = timeout_s
         self._waiters: dict[str, asyncio.Future[None]] = {}
+        self._asks: dict[str, tuple[int, asyncio.Future[p.CommandResult]]] = {}
 
     async def send(
         self,
@@ -106,7 +107,27 @@ class CommandService:
             raise NotFound(f"no command {command_id!r}")
         return command
 
+    async def ask(self, session: Any, action: str, args: dict[str, Any], timeout_s: float = 15.0,
+                  engine: str | None = None) -> p.CommandResult:
+        """Send ``action`` to one connected agent session and wait for its result,
+        neither stored nor audited here: reads (a schedule sync), or changes whose
+        caller audits them with the change (services/schedules.py). TimeoutError
+        after ``timeout_s``."""
+        command_id = p.new_id()
+        future: asyncio.Future[p.CommandResult] = asyncio.get_running_loop().create_future()
+        self._asks[command_id] = (session.agent_id, future)
+        try:
+            await session.send_command(p.Command(command_id=command_id, action=action, args=args, engine=engine))
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._asks.pop(command_id, None)
+
     async def on_result(self, agent_id: int, result: p.CommandResult) -> None:
+        ask = self._asks.get(result.command_id)
+        if ask is not None and ask[0] == agent_id:
+            if not ask[1].done():
+                ask[1].set_result(result)
+            return
         state = "succeeded" if result.ok else "failed"
         if not await self._finish(result.command_id, state, result.result, result.error, agent_id):
             return  # not this agent's command, or already closed: ignore

@@ -17,6 +17,7 @@ import msgspec
 from z4j_agents import protocol as p
 from z4j_collector import taskmerge
 from z4j_collector.store.identity import IdentitySql
+from z4j_collector.store.schedules import ScheduleSql
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore(IdentitySql):
+class SqlStore(IdentitySql, ScheduleSql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
