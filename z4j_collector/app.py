@@ -17,6 +17,7 @@ from litestar.plugins import InitPluginProtocol
 
 from z4j_agents.redaction import default_redactor
 from z4j_collector import __version__
+from z4j_collector.api.actions import ActionController
 from z4j_collector.api.admin import ProjectController, UserController
 from z4j_collector.api.audit import AuditController
 from z4j_collector.api.auth import AuthController
@@ -30,6 +31,7 @@ from z4j_collector.api.tasks import TaskController
 from z4j_collector.errors import CollectorError, MigrationRequired, RateLimited
 from z4j_collector.guards import RefusedWebSockets, requires_permission
 from z4j_collector.keys import AuditKeys
+from z4j_collector.services.actions import ActionService
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import Audit
 from z4j_collector.services.commands import CommandService
@@ -84,7 +86,7 @@ class CollectorPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
             [health, agent_gateway, project_stream, TaskController, FleetController, CommandController,
-             AuthController, UserController, ProjectController, AuditController, ScheduleController]
+             AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -110,10 +112,11 @@ class CollectorPlugin(InitPluginProtocol):
         identity = Identity(store, audit, settings)
         writer = IngestWriter(store, hub, max_batches=settings.ingest_queue_batches)
         writer.start()
+        commands = CommandService(store, registry, audit)
         app.state.update(
             store=store, hub=hub, registry=registry, writer=writer, audit=audit, identity=identity,
             membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
-            commands=CommandService(store, registry, audit), redactor=default_redactor(),
+            commands=commands, redactor=default_redactor(), actions=ActionService(store, commands, registry, audit),
         )
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
         app.state.schedules.start()

@@ -102,6 +102,11 @@ MATRIX = {
     ("GET", "/api/v1/projects/{project}/audit/checkpoints"): "operator",
     ("POST", "/api/v1/projects/{project}/audit/checkpoints"): "operator",
     ("POST", "/api/v1/projects/{project}/commands"): "operator",
+    ("POST", "/api/v1/projects/{project}/tasks/{task_id}/retry"): "operator",
+    ("POST", "/api/v1/projects/{project}/tasks/{task_id}/cancel"): "operator",
+    ("POST", "/api/v1/projects/{project}/tasks/bulk-retry"): "operator",
+    ("POST", "/api/v1/projects/{project}/queues/{queue}/purge"): "operator",
+    ("POST", "/api/v1/projects/{project}/workers/{worker}/control"): "operator",
     # Admin: agents, members and invitations up to Admin (the service checks "up to")
     ("POST", "/api/v1/projects/{project}/agents"): "admin",
     ("DELETE", "/api/v1/projects/{project}/agents/{agent_id}"): "admin",
@@ -134,9 +139,10 @@ MISSING = 999_999
 PATH_PARAMS = {"task_id": "no-such-task", "command_id": "no-such-command", "user_id": MISSING, "session_id": MISSING,
                "schedule_id": MISSING,
                "token_id": MISSING, "agent_id": MISSING, "invitation_id": MISSING, "token": "z4ji_no-such-invitation",
-               "path": "no-such-document"}
+               "path": "no-such-document", "queue": "no-such-queue", "worker": "no-such-worker"}
 BODIES = {
     ("PUT", "/api/v1/projects/{project}/members/{user_id}"): {"role": "viewer"},  # no such user: 404
+    ("POST", "/api/v1/projects/{project}/tasks/bulk-retry"): {"dry_run": True},  # counts, sends nothing
 }
 NO_BODY = {("POST", "/api/v1/auth/logout"), ("POST", "/api/v1/projects/{project}/agents/{agent_id}/rotate"),
            ("POST", "/api/v1/projects/{project}/audit/checkpoints")}

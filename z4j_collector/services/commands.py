@@ -37,8 +37,11 @@ class CommandService:
         agent_id: int | None = None,
         engine: str | None = None,
         wait_s: float = 0.0,
+        shown_args: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        shown = default_redactor().redact(args)[0]  # the audit log shows redacted arguments
+        # The audit log shows redacted arguments (``shown_args`` instead, when
+        # the args hold something only an agent reads, such as a sealed replay).
+        shown = default_redactor().redact(args if shown_args is None else shown_args)[0]
         try:
             session = self._pick(project_id, action, agent_id, engine)
         except Conflict as exc:

@@ -435,7 +435,7 @@ class IdentitySql:
         for column, value in (("action", action), ("actor", actor), ("outcome", outcome)):
             if value is not None:
                 if column == "action" and value.endswith("*"):
-                    where.append("action LIKE ?")
+                    where.append("action LIKE ? ESCAPE '\\'")  # SQLite has no default escape character
                     params.append(value[:-1].replace("%", "").replace("_", "\\_") + "%")
                     continue
                 where.append(f"{column} = ?")
