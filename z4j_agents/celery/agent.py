@@ -116,7 +116,7 @@ def worker_info(agent: CeleryAgent) -> dict[str, Any]:
     worker = agent.worker
     pool = getattr(worker, "pool", None)
     if pool is not None:
-        info["pool"] = type(pool).__module__.rsplit(".", 1)[-1]
+        info["pool"] = _pool_name(pool)
         try:
             info["concurrency"] = int(pool.num_processes)
         except Exception:  # noqa: BLE001
@@ -136,6 +136,17 @@ def worker_info(agent: CeleryAgent) -> dict[str, Any]:
     if agent.relay is not None:
         info["relay_frames"] = agent.relay.frames
     return info
+
+
+def _pool_name(pool: Any) -> str:
+    """The name ``--pool`` takes (prefork, threads, solo, ...)."""
+    from celery.concurrency import ALIASES
+
+    path = f"{type(pool).__module__}:{type(pool).__qualname__}"
+    for alias, target in ALIASES.items():
+        if target == path and alias != "processes":
+            return alias
+    return path
 
 
 def consumed_queues(agent: CeleryAgent) -> list[str]:
