@@ -22,7 +22,7 @@ from z4j_tui.cli_common import (
 from z4j_tui.client import Client
 
 app = typer.Typer(no_args_is_help=True, help="z4j: operator console for Python task queues.", add_completion=False)
-tasks_app = typer.Typer(help="Tasks: list, show.", no_args_is_help=True)
+tasks_app = typer.Typer(help="Tasks: list, show, tree.", no_args_is_help=True)
 workers_app = typer.Typer(help="Workers.", no_args_is_help=True)
 queues_app = typer.Typer(help="Queues.", no_args_is_help=True)
 agents_app = typer.Typer(help="Agents: list, and (admins) create, revoke, rotate.", no_args_is_help=True)
@@ -109,6 +109,79 @@ def tasks_show(
     typer.echo("events:")
     for ev in task["events"]:
         typer.echo(f"  {when(ev['ts'])}  {ev['kind']}")
+
+
+@tasks_app.command("tree")
+def tasks_tree(
+    task_id: str,
+    url: UrlOption = None,
+    project: ProjectOption = "default",
+    engine: Annotated[str | None, typer.Option()] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The workflow around a task (chain, group, chord) as a tree, with state and runtime per node."""
+    tree = Client(url).task_tree(project, task_id, engine)
+    if as_json:
+        print_json(tree)
+        return
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(draw_tree(tree))
+    if tree["truncated"]:
+        note(f"tree truncated at {tree['limit']} tasks")
+
+
+_BADGES = {
+    "success": ("green", "✔"), "failure": ("red", "✘"), "started": ("yellow", "▶"), "received": ("cyan", "●"),
+    "retry": ("magenta", "↻"), "pending": ("dim", "○"), "revoked": ("red", "⊘"), "rejected": ("red", "⊘"),
+    "lost": ("red", "?"),
+}
+
+
+def _badge(state: str | None) -> str:
+    color, mark = _BADGES.get(state or "", ("dim", "○"))
+    return f"[{color}]{mark} {state or 'not sent yet'}[/]"
+
+
+def _secs(value: float | None) -> str:
+    return "" if value is None else f" {value:.3f}s"
+
+
+def draw_tree(tree: dict[str, Any]) -> Any:
+    """A rich Tree of ``GET …/tasks/{id}/tree``'s answer."""
+    from rich.markup import escape
+    from rich.tree import Tree
+
+    def label(node: dict[str, Any]) -> str:
+        role = f"{node['role']}: " if node.get("role") else ""
+        if node["type"] == "task":
+            if not node["seen"]:
+                return f"{role}{_badge(None)} [dim]{escape(node['task_id'])}[/]"
+            ident = escape(node["task_id"])
+            ident = f"[bold]{ident}[/] ◀" if node["task_id"] == tree["task_id"] else f"[dim]{ident}[/]"
+            text = f"{role}{_badge(node['state'])} {escape(node['name'] or '?')} {ident}{_secs(node['runtime'])}"
+            if node.get("retries"):
+                text += f" retries={node['retries']}"
+            if node.get("exception"):
+                text += f" [red]{escape(node['exception'].splitlines()[0][:200])}[/]"
+            return text
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(node["states"].items()))
+        if node["type"] == "group":
+            head = f"{role}group [dim]{escape(node['group_id'])}[/] ({node['size']} tasks)"
+        else:
+            head = f"{role}chord [dim]{escape(node['group_id'])}[/] → {escape(node['chord_id'])}"
+        return f"{head} {_badge(node['state'])} {escape(f'[{counts}]')}{_secs(node['runtime'])}"
+
+    def add(parent: Any, node: dict[str, Any]) -> None:
+        branch = parent.add(label(node))
+        for child in node["children"]:
+            add(branch, child)
+
+    top = Tree(f"workflow of {escape(tree['task_id'])} ({tree['nodes']} tasks"
+               f"{', truncated' if tree['truncated'] else ''})")
+    for node in tree["roots"]:
+        add(top, node)
+    return top
 
 
 @workers_app.command("list")

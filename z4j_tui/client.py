@@ -71,6 +71,10 @@ class Client:
         params = {"engine": engine} if engine else {}
         return self.request("GET", f"/api/v1/projects/{project}/tasks/{task_id}", params=params)
 
+    def task_tree(self, project: str, task_id: str, engine: str | None = None) -> dict[str, Any]:
+        params = {"engine": engine} if engine else {}
+        return self.request("GET", f"/api/v1/projects/{project}/tasks/{task_id}/tree", params=params)
+
     def task_counts(self, project: str) -> dict[str, int]:
         return self.request("GET", f"/api/v1/projects/{project}/tasks/counts")
 

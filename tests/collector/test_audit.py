@@ -24,7 +24,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from tests.support.collector import Collector, wait_until, with_store, z4j
+from tests.support.collector import Collector, module_collector, wait_until, with_store, z4j
 
 PASSWORD = "correct horse battery staple"
 DEFAULT = 1  # the default project's id: its chain holds the project's changes
@@ -127,20 +127,11 @@ class Log:
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
 def log(request, tmp_path_factory):
     """One real log per database, with a checkpoint file exported while it was untouched."""
-    tmp = tmp_path_factory.mktemp(f"audit-{request.param}")
-    if request.param == "sqlite":
-        db_url = f"sqlite:///{tmp}/z4j.db"
-    else:
-        server = request.getfixturevalue("postgres_server")
-        name = f"t_audit_{secrets.token_hex(6)}"
-        db_url = server.create_database(name)
-        request.addfinalizer(lambda: server.drop_database(name))
-    collector = Collector(db_url, tmp).start()
-    request.addfinalizer(collector.stop)
+    collector = module_collector(request, tmp_path_factory, "audit")
     api = superuser(collector)
     make_changes(api)
-    checkpoint_file = tmp / "checkpoints.json"
-    z4j("audit", "checkpoint", "export", "--out", str(checkpoint_file), "--db", db_url)
+    checkpoint_file = tmp_path_factory.mktemp("audit-export") / "checkpoints.json"
+    z4j("audit", "checkpoint", "export", "--out", str(checkpoint_file), "--db", collector.db_url)
     made = Log(collector, api, checkpoint_file)
     assert len(made.rows) >= 10, "the default project's chain is long enough to tamper in its middle"
     return made

@@ -87,6 +87,7 @@ MATRIX = {
     ("GET", "/api/v1/projects/{project}/tasks"): "viewer",
     ("GET", "/api/v1/projects/{project}/tasks/counts"): "viewer",
     ("GET", "/api/v1/projects/{project}/tasks/{task_id}"): "viewer",
+    ("GET", "/api/v1/projects/{project}/tasks/{task_id}/tree"): "viewer",
     ("GET", "/api/v1/projects/{project}/workers"): "viewer",
     ("GET", "/api/v1/projects/{project}/queues"): "viewer",
     ("GET", "/api/v1/projects/{project}/agents"): "viewer",

@@ -128,6 +128,25 @@ def running(db_url: str, log_dir: Path, **env: object) -> Iterator[Collector]:
         collector.stop()
 
 
+def module_collector(request, tmp_path_factory, label: str) -> Collector:
+    """For a module-scoped fixture parametrized by database ("sqlite" or
+    "postgres"): a started collector on a fresh database, stopped (and its
+    PostgreSQL database dropped) when the module is done."""
+    import secrets
+
+    tmp = tmp_path_factory.mktemp(f"{label}-{request.param}")
+    if request.param == "sqlite":
+        db_url = f"sqlite:///{tmp}/z4j.db"
+    else:
+        server = request.getfixturevalue("postgres_server")
+        name = f"t_{label}_{secrets.token_hex(6)}"
+        db_url = server.create_database(name)
+        request.addfinalizer(lambda: server.drop_database(name))
+    collector = Collector(db_url, tmp).start()
+    request.addfinalizer(collector.stop)
+    return collector
+
+
 # ------------------------------------------------------------------ in-process credentials
 # The `z4j admin` commands cost seconds each (they import alembic); tests that
 # need several tokens or agents mint them with the store API, as the commands do.

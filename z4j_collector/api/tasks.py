@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from typing import Any
 
 import msgspec
 from litestar import Controller, Request, Response, get
@@ -13,6 +14,7 @@ from z4j_collector.api.params import decode_cursor, encode_cursor, parse_states,
 from z4j_collector.api.schemas import TaskDetail, TaskPage, TaskSummary
 from z4j_collector.errors import CollectorError, NotFound
 from z4j_collector.guards import access_of
+from z4j_collector.services.tree import task_tree
 from z4j_collector.store.base import TASK_SUMMARY_COLUMNS, TaskQuery
 
 MAX_LIMIT = 1000
@@ -77,6 +79,13 @@ class TaskController(Controller):
             raise NotFound(f"no task {task_id!r}")
         task["events"] = await store.task_events(project_id, task["engine"], task_id)
         return msgspec.convert(task, TaskDetail)
+
+    @get("/{task_id:str}/tree", summary="The workflow around a task: chains, groups and chords as a tree")
+    async def tree(self, request: Request, task_id: str, engine: str | None = None) -> dict[str, Any]:
+        tree = await task_tree(request.app.state.store, access_of(request).project_id, task_id, engine)
+        if tree is None:
+            raise NotFound(f"no task {task_id!r}")
+        return tree
 
 
 def _csv(rows: list[dict]) -> str:

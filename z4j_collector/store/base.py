@@ -29,6 +29,11 @@ TASK_SUMMARY_COLUMNS = (
 TASK_DETAIL_COLUMNS = TASK_SUMMARY_COLUMNS + (
     "args", "kwargs", "result", "traceback", "eta", "chord_id", "redacted", "replay",
 )
+TREE_COLUMNS = (
+    "task_id", "name", "state", "engine_state", "queue", "worker", "runtime", "retries", "exception",
+    "parent_id", "root_id", "group_id", "chord_id", "created_at", "started_at", "finished_at",
+)
+TREE_LINKS = ("root_id", "group_id", "task_id")
 _json_encode = msgspec.json.Encoder().encode
 
 
@@ -369,6 +374,27 @@ class SqlStore(IdentitySql, ScheduleSql):
                 events.append(event)
         events.sort(key=lambda e: (e["ts"], e["id"]))
         return events
+
+    async def tree_tasks(
+        self, project_id: int, engine: str, column: str, values: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` tasks of one engine whose ``column`` (root_id,
+        group_id or task_id) is one of ``values``: the tree's building blocks."""
+        if column not in TREE_LINKS:
+            raise ValueError(f"no tree lookup by {column!r}")
+        out: list[dict[str, Any]] = []
+        values = list(values)
+        for start in range(0, len(values), 500):
+            if len(out) >= limit:
+                break
+            chunk = values[start:start + 500]
+            rows = await self.fetchall(
+                f"SELECT {', '.join(TREE_COLUMNS)} FROM tasks WHERE project_id = ? AND engine = ? "
+                f"AND {column} IN ({', '.join('?' for _ in chunk)}) LIMIT ?",
+                [project_id, engine, *chunk, limit - len(out)],
+            )
+            out.extend(dict(zip(TREE_COLUMNS, r)) for r in rows)
+        return out
 
     async def list_workers(self, project_id: int) -> list[dict[str, Any]]:
         cols = ("engine", "name", "state", "first_seen_at", "last_seen_at", "info")
