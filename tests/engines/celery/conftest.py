@@ -91,11 +91,12 @@ def run_celery(env: dict[str, str], *args: str, timeout: float = 60.0) -> subpro
     return subprocess.run([*CELERY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def producer(redis_url: str):
-    """A plain Celery client (no z4j) that sends the test tasks by name."""
+def producer(redis_url: str, backend: bool = False):
+    """A plain Celery client (no z4j) that sends the test tasks by name. Without
+    ``backend`` it never subscribes to results (chords need one)."""
     from celery import Celery
 
-    app = Celery("producer", broker=redis_url, backend=redis_url)
+    app = Celery("producer", broker=redis_url, backend=redis_url if backend else None)
     app.conf.update(task_default_queue="celery", broker_connection_retry_on_startup=True)
     return app
 

@@ -31,19 +31,23 @@ def test_only_celery_worker_starts_the_agent(sqlite_stack, tmp_path):
     ping = run_celery(env, "inspect", "ping", "--timeout", "1")
     purge = run_celery(env, "purge", "-f")
     assert purge.returncode == 0, purge.stderr
+    assert stack.connections("w1") == 0
     beat_log = tmp_path / "beat.log"
     with open(beat_log, "wb") as out:
         beat = subprocess.Popen([*CELERY, "beat", "-l", "info", "-s", str(tmp_path / "beat-schedule")], env=env,
                                 stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         try:
             wait_until(lambda: "beat: Starting" in beat_log.read_text(errors="replace"), 30, "beat started")
+            # beat starts its own schedule-only agent (z4j_agents.celery.beat), never the worker's
+            wait_until(lambda: stack.connections("w1") == 1, 15, "beat's schedule agent connected")
             time.sleep(2)
         finally:
             beat.send_signal(signal.SIGTERM)
             beat.wait(20)
     for output in (ping.stdout + ping.stderr, purge.stdout + purge.stderr, beat_log.read_text(errors="replace")):
         assert BOOTSTRAP_LINE not in output
-    assert stack.connections("w1") == 0
+    assert "z4j beat bootstrap: agent runtime started" in beat_log.read_text(errors="replace")
+    assert stack.connections("w1") == 1  # beat's schedule agent only
     assert stack.workers() == {}
 
     # The same environment in `celery worker` does start it (so the checks above can fail).
@@ -51,7 +55,7 @@ def test_only_celery_worker_starts_the_agent(sqlite_stack, tmp_path):
     try:
         worker.start()
         assert worker.log().count(BOOTSTRAP_LINE) == 1
-        wait_until(lambda: stack.connections("w1") == 1, 15, "the worker's agent connected")
+        wait_until(lambda: stack.connections("w1") == 2, 15, "the worker's agent connected")
     finally:
         worker.stop()
 
@@ -64,7 +68,8 @@ def test_missing_config_is_one_line_and_the_worker_still_runs(redis_url, tmp_pat
         lines = [l for l in worker.log().splitlines() if "z4j" in l]
         assert len(lines) == 1, lines
         assert "z4j worker bootstrap: agent not started: missing environment variable(s): Z4J_TOKEN" in lines[0]
-        assert producer(redis_url).send_task("proj.add", (2, 2)).get(timeout=20) == 4
+        task_id = producer(redis_url).send_task("proj.add", (2, 2)).id
+        worker.wait_log(f"Task proj.add[{task_id}] succeeded", 20)
     finally:
         assert worker.stop() == 0
 

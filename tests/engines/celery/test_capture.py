@@ -111,8 +111,9 @@ def test_retry_is_captured_with_its_exception(prefork):
 
 def test_chord_and_chain_carry_their_structure(prefork):
     stack, _, app, _ = prefork
-    header = [app.signature("proj.step", (i,)) for i in range(10)]
-    result = chord(header, app.signature("proj.tsum")).apply_async()
+    bapp = producer(stack.redis_url, backend=True)  # a chord needs a result backend in the client
+    header = [bapp.signature("proj.step", (i,)) for i in range(10)]
+    result = chord(header, bapp.signature("proj.tsum")).apply_async()
     callback_id = result.id
     members = [r.id for r in result.parent.results]
     stack.wait_task(callback_id, "success")
@@ -154,7 +155,7 @@ def test_worker_heartbeat_and_queue_depth(prefork):
     assert isinstance(info["loadavg"], list)
     seen = w["last_seen_at"]
     processed = info["processed"]
-    app.send_task("proj.add", (1, 2)).get(timeout=20)
+    stack.wait_task(app.send_task("proj.add", (1, 2)).id, "success")
     wait_until(lambda: (x := stack.workers()[worker.hostname])["last_seen_at"] > seen
                and x["info"]["processed"] > processed, 15, "a later heartbeat counting the task")
 
