@@ -30,6 +30,15 @@ def _activate() -> None:
 
         logging.getLogger("z4j.celery.worker_bootstrap").error(
             "z4j worker bootstrap: activation failed: %s: %s", type(exc).__name__, exc)
+    try:  # `celery beat` starts its own agent, for schedules only (beat/bootstrap.py)
+        from z4j_agents.celery.beat.bootstrap import connect as connect_beat
+
+        connect_beat()
+    except Exception as exc:  # noqa: BLE001
+        import logging
+
+        logging.getLogger("z4j.celery.beat_bootstrap").error(
+            "z4j beat bootstrap: activation failed: %s: %s", type(exc).__name__, exc)
 
 
 @click.command("z4j", help="Show whether z4j will start in `celery worker` (zero-code activation).")
