@@ -171,7 +171,8 @@ def on_before_task_publish(sender: Any = None, body: Any = None, exchange: Any =
             replay = _seal_published(secret, name, task_id, body, headers, exchange, routing_key, queue, priority)
         extra = {k: v for k, v in (("routing_key", _str(routing_key)), ("exchange", _str(exchange)),
                                    ("group_index", headers.get("group_index")), ("priority", priority),
-                                   ("expires", _str(headers.get("expires"))), ("origin", _str(headers.get("origin"))))
+                                   ("expires", _str(headers.get("expires"))), ("origin", _str(headers.get("origin"))),
+                                   ("retry_of", _str(headers.get("z4j_retry_of"))))
                  if v is not None}
         _tls.pending = _task_event(
             task_id, "sent", "PENDING", name=_str(name), queue=_str(queue), args=args, kwargs=kwargs,
@@ -248,7 +249,8 @@ def on_task_received(sender: Any = None, request: Any = None, **_: Any) -> None:
                                    ("priority", delivery.get("priority")),
                                    ("redelivered", delivery.get("redelivered") or None),
                                    ("group_index", headers.get("group_index")),
-                                   ("expires", _str(headers.get("expires"))))
+                                   ("expires", _str(headers.get("expires"))),
+                                   ("retry_of", _str(headers.get("z4j_retry_of"))))
                  if v is not None}
         emit(_task_event(
             request.id, "received", "RECEIVED", name=_str(request.name), queue=_str(queue),
