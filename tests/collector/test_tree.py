@@ -20,7 +20,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.support.collector import mint_agent, mint_tokens, module_collector, with_store, z4j
+from tests.support.collector import drawn_tree as drawn, mint_agent, mint_tokens, module_collector, with_store, z4j
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 
@@ -230,15 +230,6 @@ def test_tree_is_bounded(collector, flows):
     assert sum(1 for r in small["roots"] for _, n in walk(r) if n["type"] == "task" and n["seen"]) == 4
     exact = with_store(collector.db_url, lambda store: build(store, 11))
     assert exact["truncated"] is False and exact["nodes"] == 11
-
-
-def drawn(text: str) -> list[tuple[int, str]]:
-    """(depth, label) per line of a rich tree: each level indents by four columns."""
-    out = []
-    for line in text.splitlines():
-        label = line.lstrip(" │├└─")
-        out.append(((len(line) - len(label)) // 4, label))
-    return out
 
 
 def test_cli_draws_the_tree(collector, flows):

@@ -30,6 +30,15 @@ def z4j(*args: str, env: dict[str, str] | None = None, input: str | None = None,
     return proc
 
 
+def drawn_tree(text: str) -> list[tuple[int, str]]:
+    """(depth, label) per line of a rich tree as `z4j tasks tree` prints it: a level is four columns."""
+    out = []
+    for line in text.splitlines():
+        label = line.lstrip(" │├└─")
+        out.append(((len(line) - len(label)) // 4, label))
+    return out
+
+
 class Collector:
     def __init__(self, db_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.db_url = db_url

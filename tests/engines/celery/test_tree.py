@@ -13,7 +13,7 @@ import pytest
 from celery import chain, chord
 
 from tests.engines.celery.conftest import Stack, Worker, producer
-from tests.support.collector import module_collector, z4j
+from tests.support.collector import drawn_tree as drawn, module_collector, z4j
 
 pytestmark = pytest.mark.engine("celery")
 
@@ -57,15 +57,6 @@ def ran(collector, redis_server, tmp_path_factory):
         yield stack, flows
     finally:
         worker.kill()
-
-
-def drawn(text: str) -> list[tuple[int, str]]:
-    """(depth, label) per line of a rich tree: each level indents by four columns."""
-    out = []
-    for line in text.splitlines():
-        label = line.lstrip(" │├└─")
-        out.append(((len(line) - len(label)) // 4, label))
-    return out
 
 
 def cli_env(stack: Stack) -> dict[str, str]:
