@@ -36,6 +36,7 @@ CLOSE_TIMEOUT = 4408
 CLOSE_UNAVAILABLE = 4503
 HANDSHAKE_TIMEOUT_S = 10.0
 MAX_UNACKED_PER_CONNECTION = 16
+CLEAN_SLICE = 250  # events cleaned (redacted again) between two turns of the event loop
 
 
 class Refused(Exception):
@@ -163,7 +164,16 @@ class Gateway:
                     "too_many_events", f"batch of {len(batch.events)} events exceeds {p.MAX_EVENTS_PER_BATCH}",
                     CLOSE_BAD_FRAME,
                 )
-            events, rejected, reason = self._clean(batch.events)
+            events, rejected, reason = [], 0, None
+            for start in range(0, len(batch.events), CLEAN_SLICE):
+                if start:
+                    # The ingest writer runs on this loop too and waits behind
+                    # whatever holds it: let its next step in between slices.
+                    await asyncio.sleep(0)
+                kept, refused, why = self._clean(batch.events[start:start + CLEAN_SLICE])
+                events.extend(kept)
+                if refused:
+                    rejected, reason = rejected + refused, why
             if rejected:
                 log.warning("agent %s: %d event(s) refused: %s", session.agent_id, rejected, reason)
             item = IngestItem(session.project_id, session.agent_id, events, batch.dropped)

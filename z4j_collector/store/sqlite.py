@@ -7,12 +7,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
+import msgspec
 
 from z4j_collector.errors import StoreError
 from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
 
 T = TypeVar("T")
-_CHUNK = 500  # well under SQLite's bound-parameter limit
 _INSERT_EVENT_SQL = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in INSERT_EVENT_COLUMNS)})"
@@ -86,15 +86,14 @@ class SqliteStore(SqlStore):
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         # One writer holds the database (BEGIN IMMEDIATE), so "look, then
-        # insert what is missing" cannot race.
-        ids = [row[0] for row in rows]
-        existing: set[str] = set()
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start:start + _CHUNK]
-            found = await tx.fetchall(
-                f"SELECT id FROM task_events WHERE id IN ({', '.join('?' for _ in chunk)})", chunk
-            )
-            existing.update(r[0] for r in found)
+        # insert what is missing" cannot race. One statement for the whole
+        # group (the ids as one JSON array): every await here is a turn of the
+        # event loop that the commit may wait behind.
+        found = await tx.fetchall(
+            "SELECT id FROM task_events WHERE id IN (SELECT value FROM json_each(?))",
+            (msgspec.json.encode([row[0] for row in rows]).decode(),),
+        )
+        existing = {r[0] for r in found}
         new_rows = [row for row in rows if row[0] not in existing] if existing else rows
         if new_rows:
             await tx.executemany(_INSERT_EVENT_SQL, new_rows)
