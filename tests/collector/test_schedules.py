@@ -235,6 +235,7 @@ def test_schedule_lifecycle_reaches_the_scheduler(beat):
 def test_changes_without_a_scheduler_agent_are_refused(beat):
     collector, apis, scheduler, agent, creds = beat
     admin = apis["admin"]
+    wait_until(lambda: by_name(admin, "code-entry"), what="the first sync")
     agent.stop()
     wait_agent_connected(admin, "beat", connected=False)
     refused = admin.post(SCHEDULES, json={"name": "x", "task": "t", "schedule": {"kind": "interval", "every": 5}})

@@ -151,10 +151,13 @@ class BeatAdapter:
         task = args.get("task", base.get("task"))
         if not isinstance(task, str) or not task:
             raise CommandError("task must be a task name")
-        spec = args.get("schedule", base.get("schedule"))
-        if spec is None:
-            raise CommandError("schedule is required")
-        schedule = self.store.schedule_for(spec)  # refuses bad specs (and read-only kinds) with the reason
+        if "schedule" in args or old is None:
+            spec = args.get("schedule")
+            if spec is None:
+                raise CommandError("schedule is required")
+            schedule = self.store.schedule_for(spec)  # refuses bad specs with the reason
+        else:  # unchanged: kept as it is, even a kind z4j does not create (solar, rrule)
+            spec, schedule = base["schedule"], old.entry.schedule
         call_args = args.get("args", base.get("args", []))
         call_kwargs = args.get("kwargs", base.get("kwargs", {}))
         if not isinstance(call_args, list):

@@ -67,6 +67,8 @@ def to_spec(sched: Any) -> dict[str, Any]:
     """Describe a Celery schedule object as a spec."""
     if isinstance(sched, Clocked):
         return {"kind": "clocked", "at": sched.at.timestamp()}
+    if type(sched).__name__ == "clocked" and isinstance(getattr(sched, "clocked_time", None), datetime):
+        return {"kind": "clocked", "at": _aware(sched.clocked_time).timestamp()}  # django-celery-beat's
     if isinstance(sched, crontab):
         return {"kind": "crontab", **{f: str(getattr(sched, f"_orig_{f}")) for f in CRON_FIELDS}}
     if isinstance(sched, solar):

@@ -268,7 +268,9 @@ class DjangoStore(BeatStore):
         fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "solar": None,
                                   "one_off": False}
         kind = spec["kind"]
-        if kind == "interval":
+        if kind not in ("interval", "crontab", "clocked"):
+            fields = {}  # a schedule z4j does not write (solar): the row keeps its own
+        elif kind == "interval":
             every = float(spec["every"])
             if every != int(every):
                 raise CommandError("django-celery-beat intervals are whole seconds")
@@ -278,7 +280,7 @@ class DjangoStore(BeatStore):
             cron = {f: str(spec.get(f, "*")) for f in ("minute", "hour", "day_of_week", "day_of_month",
                                                         "month_of_year")}
             fields["crontab"], _ = m.CrontabSchedule.objects.get_or_create(**cron)
-        else:
+        elif kind == "clocked":
             at = datetime.fromtimestamp(float(spec["at"]), timezone.utc)
             fields["clocked"], _ = m.ClockedSchedule.objects.get_or_create(clocked_time=at)
             fields["one_off"] = True
