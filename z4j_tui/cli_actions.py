@@ -125,7 +125,7 @@ def tasks_bulk_retry(
         raise CliError(f"bulk retry {job['id']} {job['state']}: {job.get('error')}; resume with --resume {job['id']}")
     summary = (f"bulk retry {job['id']}: {progress['retried']} retried of {progress['matched']} matched"
                + "".join(f", {progress[k]} {k.replace('_', ' ')}" for k in
-                         ("skipped_done", "not_replayable", "agent_offline", "failed") if progress.get(k))
+                         ("already_retried", "not_replayable", "agent_offline", "failed") if progress.get(k))
                + (f"; capped at {progress['limit']}" if progress.get("capped") else ""))
     done(job, as_json, summary)
     if progress.get("failed") or progress.get("agent_offline"):

@@ -194,13 +194,22 @@ def test_bulk_retry_is_capped_retries_each_task_once_and_resumes(collector, apis
         again = operator.post(f"{P}/tasks/bulk-retry", json={"resume": job["id"], "wait": 30}).json()
         again = wait_until(lambda: (j := viewer.get(f"{P}/commands/{job['id']}").json())["state"] == "succeeded"
                            and j["result"]["done"] and j, what="the resumed job")
-        assert again["result"]["skipped_done"] == progress["retried"]
+        assert again["result"]["already_retried"] == progress["retried"]
         assert again["result"]["retried"] == 0
         assert len(retried) == progress["retried"]  # nothing retried twice
         refused(operator.post(f"{P}/tasks/bulk-retry", json={"resume": "nope"}), 404, "not_found")
 
+        # a new job over every failure: the tasks retried before are skipped, the rest go once
+        wider = operator.post(f"{P}/tasks/bulk-retry", json={"state": "failure", "name": "proj.flaky"}).json()
+        wider = wait_until(lambda: (j := viewer.get(f"{P}/commands/{wider['id']}").json())["state"] == "succeeded"
+                           and j, what="the second job")["result"]
+        assert (wider["matched"], wider["capped"], wider["already_retried"]) == (13, False, progress["retried"])
+        assert wider["retried"] == 12 - progress["retried"] and wider["not_replayable"] == 1
+        ids = [a["task_id"] for a in retried]
+        assert len(ids) == len(set(ids)) == 12  # every sealed failure, each exactly once
+
         rows = audit(operator, "tasks.bulk_retry*")
         outcomes = sorted(r["outcome"] for r in rows)
-        assert outcomes == ["ok", "ok", "resumed", "started"], outcomes
+        assert outcomes == ["ok", "ok", "ok", "resumed", "started", "started"], outcomes
     finally:
         agent.stop()

@@ -256,10 +256,8 @@ class ActionService:
         else:
             job_id = resume
             await self.audit.write(actor.entry(project_id, BULK_ACTION, f"job:{job_id}", outcome="resumed"))
-        since = (await self.commands.get(project_id, job_id))["created_at"]
-        done = await sql.retried_in_job(self.store, project_id, job_id, since) if resume else set()
         await sql.update_job(self.store, job_id, "dispatched", _progress(limit))
-        runner = asyncio.create_task(self._run(project_id, job_id, query, limit, actor, done))
+        runner = asyncio.create_task(self._run(project_id, job_id, query, limit, actor))
         self._jobs[job_id] = runner
         runner.add_done_callback(lambda _t, j=job_id: self._jobs.pop(j, None))
         if wait_s > 0:
@@ -294,11 +292,15 @@ class ActionService:
         return {"dry_run": True, "matched": min(matched, limit), "capped": matched > limit, "limit": limit,
                 "filter": _query_args(query)}
 
-    async def _run(self, project_id: int, job_id: str, query: TaskQuery, limit: int, actor: Actor,
-                   done: set[str]) -> None:
+    async def _run(self, project_id: int, job_id: str, query: TaskQuery, limit: int, actor: Actor) -> None:
         progress = _progress(limit)
         seen: set[tuple[str, str]] = set()
         cursor = None
+        # Tasks already retried (by any job, or by hand) are skipped: a retry
+        # can only follow its task, so the commands since the oldest task of
+        # the page hold every retry of the page's tasks.
+        retried: set[str] = set()
+        loaded_since = math.inf
         gate = asyncio.Semaphore(BULK_PARALLEL)
 
         async def one(row: dict[str, Any]) -> None:
@@ -325,6 +327,9 @@ class ActionService:
                 if not rows:
                     break
                 cursor = (rows[-1]["created_at"], rows[-1]["engine"], rows[-1]["task_id"])
+                if rows[-1]["created_at"] < loaded_since:
+                    loaded_since = rows[-1]["created_at"]
+                    retried = await sql.retried_since(self.store, project_id, loaded_since)
                 todo = []
                 for row in rows:
                     key = (row["engine"], row["task_id"])
@@ -335,8 +340,8 @@ class ActionService:
                         break
                     seen.add(key)
                     progress["matched"] += 1
-                    if row["task_id"] in done:
-                        progress["skipped_done"] += 1
+                    if row["task_id"] in retried:
+                        progress["already_retried"] += 1
                     else:
                         todo.append(row)
                 await asyncio.gather(*(one(row) for row in todo))
@@ -359,7 +364,7 @@ def _job(job: str | None) -> dict[str, str]:
 
 
 def _progress(limit: int) -> dict[str, Any]:
-    return {"limit": limit, "matched": 0, "retried": 0, "skipped_done": 0, "not_replayable": 0, "agent_offline": 0,
+    return {"limit": limit, "matched": 0, "retried": 0, "already_retried": 0, "not_replayable": 0, "agent_offline": 0,
             "failed": 0, "capped": False, "done": False, "errors": []}
 
 

@@ -84,14 +84,14 @@ async def update_job(store: SqlStore, job_id: str, state: str, progress: dict[st
     )
 
 
-async def retried_in_job(store: SqlStore, project_id: int, job_id: str, since: float) -> set[str]:
-    """Task ids a job already retried (its succeeded retry commands)."""
+async def retried_since(store: SqlStore, project_id: int, since: float) -> set[str]:
+    """Task ids retried (a succeeded retry command, by hand or by a job) at or after ``since``."""
     rows = await store.fetchall(
         "SELECT args FROM commands WHERE project_id = ? AND created_at >= ? AND state = 'succeeded' "
         "AND action LIKE ?", (project_id, since, "%.retry"))
     done: set[str] = set()
     for (args,) in rows:
-        decoded = msgspec.json.decode(args)
-        if decoded.get("job") == job_id and isinstance(decoded.get("task_id"), str):
-            done.add(decoded["task_id"])
+        task_id = msgspec.json.decode(args).get("task_id")
+        if isinstance(task_id, str):
+            done.add(task_id)
     return done

@@ -79,3 +79,30 @@ def tsum(values):
 def sleep(seconds):
     time.sleep(seconds)
     return seconds
+
+
+# ---- actions (tests/engines/celery/test_actions.py)
+
+
+def _redis():
+    import redis
+
+    return redis.Redis.from_url(REDIS)
+
+
+@app.task(name="proj.flaky")
+def flaky(key, items, api_token=None, when=None):
+    """Fails until the Redis flag ``flag:<key>`` is set; each run records the exact arguments it got."""
+    import json
+
+    r = _redis()
+    r.rpush(f"ran:{key}", json.dumps({"key": key, "items": items, "api_token": api_token, "when": when}))
+    if not r.get(f"flag:{key}"):
+        raise RuntimeError(f"flag {key} is not set")
+    return len(items)
+
+
+@app.task(name="proj.enqueue")
+def enqueue(name, args=(), count=1, queue="idle"):
+    """Publish from inside the worker (captured as sent, with the sealed call)."""
+    return [app.send_task(name, list(args), queue=queue).id for _ in range(count)]
