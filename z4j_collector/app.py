@@ -25,6 +25,7 @@ from z4j_collector.api.commands import CommandController
 from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
+from z4j_collector.api.metrics import prometheus_metrics
 from z4j_collector.api.schemas import Health
 from z4j_collector.api.stream import project_stream
 from z4j_collector.api.tasks import TaskController
@@ -85,7 +86,7 @@ class CollectorPlugin(InitPluginProtocol):
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
-            [health, agent_gateway, project_stream, TaskController, FleetController, CommandController,
+            [health, prometheus_metrics, agent_gateway, project_stream, TaskController, FleetController, CommandController,
              AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController]
         )
         app_config.guards.append(requires_permission)

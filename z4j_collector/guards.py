@@ -18,6 +18,7 @@ server without that extension gets a close with code 4000 + status instead.
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 import msgspec
@@ -26,7 +27,7 @@ from litestar.exceptions import WebSocketException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from z4j_collector.errors import CollectorError, Forbidden
+from z4j_collector.errors import CollectorError, Forbidden, Unauthorized
 from z4j_collector.services.identity import Access, Principal
 
 # permission -> who has it: None (anyone: the route authenticates itself or
@@ -35,6 +36,7 @@ from z4j_collector.services.identity import Access, Principal
 PERMISSIONS: dict[str, str | None] = {
     "public": None,
     "agent": None,
+    "metrics": None,  # public until Z4J_METRICS_TOKEN is set, then that bearer token only
     "user": "user",
     "superuser": "superuser",
     "tasks:read": "viewer",
@@ -72,6 +74,8 @@ async def _authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if permission not in PERMISSIONS:
         raise Forbidden(f"route {connection.url.path} declares no permission", code="undeclared_permission")
     needed = PERMISSIONS[permission]
+    if permission == "metrics":
+        _check_metrics_token(connection)
     if needed is None:
         return
     identity = connection.app.state.identity
@@ -90,6 +94,16 @@ async def _authorize(connection: ASGIConnection, handler: BaseRouteHandler) -> N
     if not access.has(needed):
         raise Forbidden(f"{permission} needs the {needed} role; you are {access.role} on {access.project!r}")
     connection.scope["z4j_access"] = access  # type: ignore[typeddict-unknown-key]
+
+
+def _check_metrics_token(connection: ASGIConnection) -> None:
+    expected = connection.app.state.settings.metrics_token
+    if expected is None:
+        return
+    given = bearer_token(connection) or ""
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("this needs Authorization: Bearer <the collector's Z4J_METRICS_TOKEN>",
+                           code="bad_metrics_token")
 
 
 def principal_of(connection: ASGIConnection) -> Principal:

@@ -120,6 +120,8 @@ class Settings:
     schedule_sync_s: float = 10.0
     """How often schedules are read from each connected scheduler's agent."""
     smtp: SmtpSettings | None = None
+    metrics_token: str | None = None
+    """When set, GET /metrics needs ``Authorization: Bearer <it>``; $Z4J_METRICS_TOKEN."""
 
     @property
     def base_url(self) -> str:
@@ -142,7 +144,7 @@ class Settings:
             db_url=db_url, host=host, port=port, public_url=os.environ.get("Z4J_PUBLIC_URL") or None,
             login_max_failures=int(_env_number("Z4J_LOGIN_MAX_FAILURES", 5)),
             login_max_failures_source=int(_env_number("Z4J_LOGIN_MAX_FAILURES_SOURCE", 20)),
-            smtp=SmtpSettings.from_env(), **durations,
+            smtp=SmtpSettings.from_env(), metrics_token=os.environ.get("Z4J_METRICS_TOKEN") or None, **durations,
         )
 
     @property

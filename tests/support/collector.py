@@ -137,10 +137,11 @@ def running(db_url: str, log_dir: Path, **env: object) -> Iterator[Collector]:
         collector.stop()
 
 
-def module_collector(request, tmp_path_factory, label: str) -> Collector:
+def module_collector(request, tmp_path_factory, label: str, **env: object) -> Collector:
     """For a module-scoped fixture parametrized by database ("sqlite" or
-    "postgres"): a started collector on a fresh database, stopped (and its
-    PostgreSQL database dropped) when the module is done."""
+    "postgres"): a started collector (with extra environment ``env``) on a
+    fresh database, stopped (and its PostgreSQL database dropped) when the
+    module is done."""
     import secrets
 
     tmp = tmp_path_factory.mktemp(f"{label}-{request.param}")
@@ -151,7 +152,7 @@ def module_collector(request, tmp_path_factory, label: str) -> Collector:
         name = f"t_{label}_{secrets.token_hex(6)}"
         db_url = server.create_database(name)
         request.addfinalizer(lambda: server.drop_database(name))
-    collector = Collector(db_url, tmp).start()
+    collector = Collector(db_url, tmp, env={k: str(v) for k, v in env.items()}).start()
     request.addfinalizer(collector.stop)
     return collector
 

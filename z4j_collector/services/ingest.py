@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from dataclasses import dataclass
 
 from z4j_collector.services.hub import Hub
+from z4j_collector.services.metrics import RuntimeHistogram
 from z4j_collector.store.base import IngestItem, IngestOutcome, SqlStore
 
 log = logging.getLogger("z4j.collector.ingest")
@@ -52,6 +54,8 @@ class IngestStats:
     duplicates: int = 0
     commits: int = 0
     failures: int = 0
+    lag_s: float | None = None
+    """Last commit: its time minus the newest event timestamp (agent clock) of its batches."""
 
 
 class IngestWriter:
@@ -61,6 +65,8 @@ class IngestWriter:
         self.max_group_events = max_group_events
         self.queue: asyncio.Queue[tuple[IngestItem, asyncio.Future[IngestOutcome]]] = asyncio.Queue(max_batches)
         self.stats = IngestStats()
+        self.runtimes = RuntimeHistogram()
+        """Runtimes of tasks committed since this process started (/metrics)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -107,6 +113,11 @@ class IngestWriter:
             return
         stats = self.stats
         stats.commits += 1
+        newest = max((item.events[-1].ts for item, _ in group if item.events), default=None)
+        if newest is not None:
+            stats.lag_s = max(0.0, time.time() - newest)
+        if result.runtimes:
+            self.runtimes.observe_many(result.runtimes)
         for (_, future), outcome in zip(group, result.outcomes):
             stats.batches += 1
             stats.events += outcome.accepted

@@ -17,6 +17,7 @@ import msgspec
 from z4j_agents import protocol as p
 from z4j_collector import taskmerge
 from z4j_collector.store.identity import IdentitySql
+from z4j_collector.store.metrics import MetricsSql
 from z4j_collector.store.schedules import ScheduleSql
 
 T = TypeVar("T")
@@ -77,6 +78,8 @@ class IngestResult:
     tasks: list[dict[str, Any]] = field(default_factory=list)
     """Changed task rows (project_id + summary columns), for live streams."""
     workers: list[dict[str, Any]] = field(default_factory=list)
+    runtimes: list[tuple[int, str, float]] = field(default_factory=list)
+    """(project_id, engine, runtime) of each new event that reports a runtime (/metrics)."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore(IdentitySql, ScheduleSql):
+class SqlStore(IdentitySql, ScheduleSql, MetricsSql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
@@ -222,9 +225,11 @@ class SqlStore(IdentitySql, ScheduleSql):
                 else:
                     outcome.accepted += 1
         task_rows: list[list[Any]] = []
+        runtimes: list[tuple[int, str, float]] = []
         for index, events in fresh.items():
             item = items[index]
             task_rows.extend(taskmerge.fold(item.project_id, item.agent_id, events))
+            runtimes.extend((item.project_id, ev.engine, ev.runtime) for ev in events if ev.runtime is not None)
         if task_rows:
             await self.upsert_tasks(tx, _one_row_per_key(task_rows))
         workers = await self._ingest_workers(tx, items)
@@ -235,7 +240,7 @@ class SqlStore(IdentitySql, ScheduleSql):
                     "UPDATE agents SET dropped_events = ? WHERE id = ?", (item.dropped, item.agent_id)
                 )
         changed = await self._read_back(tx, [r for r in task_rows if r[0] in watched]) if watched else []
-        return IngestResult(outcomes=outcomes, tasks=changed, workers=workers)
+        return IngestResult(outcomes=outcomes, tasks=changed, workers=workers, runtimes=runtimes)
 
     async def _read_back(self, tx: Tx, rows: list[list[Any]]) -> list[dict[str, Any]]:
         keys: dict[tuple[int, str], list[str]] = {}
