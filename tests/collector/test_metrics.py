@@ -144,3 +144,19 @@ def test_the_token_is_required_when_set(collector):
     admin = mint_tokens(collector, "admin")["admin"]
     assert httpx.get(url, headers={"Authorization": f"Bearer {admin}"}, timeout=30).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"bearer {TOKEN}"}, timeout=30).status_code == 200
+
+
+def test_exposition_escapes_odd_label_values():
+    from z4j_collector.services.metrics import Family, RuntimeHistogram, render
+
+    odd = 'q "1"\\ back\nslash'
+    family = Family("z4j_queue_depth", "gauge", "help with \\ and\nnewline")
+    family.add(3, project="p", engine="e", queue=odd)
+    family.add(float("nan"), project="p", engine="e", queue="nan")
+    parsed = {f.name: f for f in text_string_to_metric_families(render([family]))}["z4j_queue_depth"]
+    assert parsed.samples[0].labels["queue"] == odd and parsed.samples[0].value == 3
+    assert math.isnan(parsed.samples[1].value)
+
+    hist = RuntimeHistogram(buckets=(1.0, 2.0))
+    hist.observe_many([(1, "e", 0.5), (1, "e", 1.0), (1, "e", 3.0), (1, "e", float("nan")), (1, "e", -1.0)])
+    assert hist.snapshot() == {(1, "e"): ([2, 2, 3], 4.5)}  # le=1 is inclusive; nonsense is skipped
