@@ -22,6 +22,7 @@ from z4j_collector.api.admin import ProjectController, UserController
 from z4j_collector.api.audit import AuditController
 from z4j_collector.api.auth import AuthController
 from z4j_collector.api.commands import CommandController
+from z4j_collector.api.notify import NotifyController
 from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
@@ -41,6 +42,8 @@ from z4j_collector.services.identity import Identity
 from z4j_collector.services.ingest import IngestWriter
 from z4j_collector.services.mail import Mailer
 from z4j_collector.services.membership import Membership
+from z4j_collector.services.notify import Notifier
+from z4j_collector.services.outbound import Allowlist, OutboundClient
 from z4j_collector.services.schedules import Schedules
 from z4j_collector.settings import Settings
 from z4j_collector.store import make_store, migrate
@@ -87,7 +90,8 @@ class CollectorPlugin(InitPluginProtocol):
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
         app_config.route_handlers.extend(
             [health, prometheus_metrics, agent_gateway, project_stream, TaskController, FleetController, CommandController,
-             AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController]
+             AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController,
+             NotifyController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -119,6 +123,7 @@ class CollectorPlugin(InitPluginProtocol):
             membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
             commands=commands, redactor=default_redactor(), actions=ActionService(store, commands, registry, audit),
         )
+        app.state.notify = Notifier(store, audit, OutboundClient(Allowlist.from_env()), Mailer(settings.smtp))
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
         app.state.schedules.start()
         checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))

@@ -130,6 +130,15 @@ MATRIX = {
     ("POST", "/api/v1/projects/{project}/schedules"): "admin",
     ("PATCH", "/api/v1/projects/{project}/schedules/{schedule_id}"): "admin",
     ("DELETE", "/api/v1/projects/{project}/schedules/{schedule_id}"): "admin",
+    # Notifications: viewers read channels (secrets masked) and the delivery log, operators send a test,
+    # admins create/change/delete channels
+    ("GET", "/api/v1/projects/{project}/notifications/channels"): "viewer",
+    ("GET", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "viewer",
+    ("GET", "/api/v1/projects/{project}/notifications/deliveries"): "viewer",
+    ("POST", "/api/v1/projects/{project}/notifications/channels/{channel_id}/test"): "operator",
+    ("POST", "/api/v1/projects/{project}/notifications/channels"): "admin",
+    ("PATCH", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
+    ("DELETE", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
     # Owner: delete the project
     ("DELETE", "/api/v1/projects/{project}"): "owner",
 }
@@ -140,7 +149,7 @@ MATRIX = {
 # end in 400/404 without changing anything.
 MISSING = 999_999
 PATH_PARAMS = {"task_id": "no-such-task", "command_id": "no-such-command", "user_id": MISSING, "session_id": MISSING,
-               "schedule_id": MISSING,
+               "schedule_id": MISSING, "channel_id": MISSING,
                "token_id": MISSING, "agent_id": MISSING, "invitation_id": MISSING, "token": "z4ji_no-such-invitation",
                "path": "no-such-document", "queue": "no-such-queue", "worker": "no-such-worker"}
 BODIES = {

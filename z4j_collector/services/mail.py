@@ -27,17 +27,25 @@ class Mailer:
         """Send one plain-text message; False (and a log line) when it could not be sent."""
         if self.smtp is None:
             return False
-        message = EmailMessage()
-        message["From"], message["To"], message["Subject"] = self.smtp.sender, to, subject
-        message["Date"] = formatdate(localtime=False, usegmt=True)
-        message["Message-ID"] = make_msgid("z4j", domain=self.smtp.sender.rpartition("@")[2])
-        message.set_content(body)
         try:
-            await asyncio.to_thread(self._deliver, message)
+            await self.deliver(to, subject, body)
             return True
         except (OSError, smtplib.SMTPException) as exc:
             log.warning("could not send %r to %s via %s:%s: %s", subject, to, self.smtp.host, self.smtp.port, exc)
             return False
+
+    async def deliver(self, to: str | list[str], subject: str, body: str) -> None:
+        """Send one plain-text message to one or more addresses, or raise (OSError,
+        smtplib.SMTPException; RuntimeError when no SMTP server is configured)."""
+        if self.smtp is None:
+            raise RuntimeError("no SMTP server is configured (Z4J_SMTP_HOST)")
+        message = EmailMessage()
+        message["From"], message["Subject"] = self.smtp.sender, subject
+        message["To"] = to if isinstance(to, str) else ", ".join(to)
+        message["Date"] = formatdate(localtime=False, usegmt=True)
+        message["Message-ID"] = make_msgid("z4j", domain=self.smtp.sender.rpartition("@")[2])
+        message.set_content(body)
+        await asyncio.to_thread(self._deliver, message)
 
     def _deliver(self, message: EmailMessage) -> None:
         smtp = self.smtp

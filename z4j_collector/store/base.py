@@ -17,6 +17,7 @@ import msgspec
 from z4j_agents import protocol as p
 from z4j_collector import taskmerge
 from z4j_collector.store.identity import IdentitySql
+from z4j_collector.store.notify import NotifySql
 from z4j_collector.store.metrics import MetricsSql
 from z4j_collector.store.schedules import ScheduleSql
 
@@ -101,7 +102,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore(IdentitySql, ScheduleSql, MetricsSql):
+class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
