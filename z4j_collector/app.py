@@ -23,6 +23,7 @@ from z4j_collector.api.audit import AuditController
 from z4j_collector.api.auth import AuthController
 from z4j_collector.api.commands import CommandController
 from z4j_collector.api.notify import NotifyController
+from z4j_collector.api.reconciler import ReconcilerController
 from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
@@ -43,6 +44,7 @@ from z4j_collector.services.ingest import IngestWriter
 from z4j_collector.services.mail import Mailer
 from z4j_collector.services.membership import Membership
 from z4j_collector.services.notify import Notifier
+from z4j_collector.services.reconciler import Reconciler
 from z4j_collector.services.outbound import Allowlist, OutboundClient
 from z4j_collector.services.schedules import Schedules
 from z4j_collector.settings import Settings
@@ -91,7 +93,7 @@ class CollectorPlugin(InitPluginProtocol):
         app_config.route_handlers.extend(
             [health, prometheus_metrics, agent_gateway, project_stream, TaskController, FleetController, CommandController,
              AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController,
-             NotifyController]
+             NotifyController, ReconcilerController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -126,6 +128,8 @@ class CollectorPlugin(InitPluginProtocol):
         app.state.notify = Notifier(store, audit, OutboundClient(Allowlist.from_env()), Mailer(settings.smtp))
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
         app.state.schedules.start()
+        app.state.reconciler = Reconciler(store, registry, commands, audit)
+        app.state.reconciler.start()
         checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))
         try:
             token = await identity.issue_setup_token()
@@ -141,6 +145,7 @@ class CollectorPlugin(InitPluginProtocol):
             yield
         finally:
             checkpoints.cancel()
+            await app.state.reconciler.stop()
             await app.state.schedules.stop()
             await writer.stop()
             await store.close()

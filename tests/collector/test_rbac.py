@@ -139,6 +139,10 @@ MATRIX = {
     ("POST", "/api/v1/projects/{project}/notifications/channels"): "admin",
     ("PATCH", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
     ("DELETE", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
+    # Reconciler: viewers read its settings and the stuck count, operators run a pass, admins change settings
+    ("GET", "/api/v1/projects/{project}/reconciler"): "viewer",
+    ("POST", "/api/v1/projects/{project}/reconciler/run"): "operator",
+    ("PUT", "/api/v1/projects/{project}/reconciler"): "admin",
     # Owner: delete the project
     ("DELETE", "/api/v1/projects/{project}"): "owner",
 }

@@ -59,6 +59,9 @@ def register(agent: Any, app: Any) -> None:
     runtime.on_command("celery.purge", actions.purge)
     runtime.on_command("celery.worker_control", actions.worker_control)
     runtime.on_command("celery.inspect", actions.inspect)
+    from z4j_agents.celery import probe
+
+    probe.register(agent, app)  # celery.probe: the reconciler asks the result backend
     try:
         from celery.signals import before_task_publish
 
