@@ -31,6 +31,7 @@ from z4j_collector.api.metrics import prometheus_metrics
 from z4j_collector.api.schemas import Health
 from z4j_collector.api.stream import project_stream
 from z4j_collector.api.tasks import TaskController
+from z4j_collector.api.trends import TrendsController
 from z4j_collector.errors import CollectorError, MigrationRequired, RateLimited
 from z4j_collector.guards import RefusedWebSockets, requires_permission
 from z4j_collector.keys import AuditKeys
@@ -47,6 +48,7 @@ from z4j_collector.services.notify import Notifier
 from z4j_collector.services.reconciler import Reconciler
 from z4j_collector.services.outbound import Allowlist, OutboundClient
 from z4j_collector.services.schedules import Schedules
+from z4j_collector.services.trends import Trends
 from z4j_collector.settings import Settings
 from z4j_collector.store import make_store, migrate
 
@@ -93,7 +95,7 @@ class CollectorPlugin(InitPluginProtocol):
         app_config.route_handlers.extend(
             [health, prometheus_metrics, agent_gateway, project_stream, TaskController, FleetController, CommandController,
              AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController,
-             NotifyController, ReconcilerController]
+             NotifyController, ReconcilerController, TrendsController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -119,9 +121,11 @@ class CollectorPlugin(InitPluginProtocol):
         identity = Identity(store, audit, settings)
         writer = IngestWriter(store, hub, max_batches=settings.ingest_queue_batches)
         writer.start()
+        trends = writer.trends = Trends(store)
+        trends.start()
         commands = CommandService(store, registry, audit)
         app.state.update(
-            store=store, hub=hub, registry=registry, writer=writer, audit=audit, identity=identity,
+            trends=trends, store=store, hub=hub, registry=registry, writer=writer, audit=audit, identity=identity,
             membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
             commands=commands, redactor=default_redactor(), actions=ActionService(store, commands, registry, audit),
         )
@@ -148,6 +152,7 @@ class CollectorPlugin(InitPluginProtocol):
             await app.state.reconciler.stop()
             await app.state.schedules.stop()
             await writer.stop()
+            await trends.stop()
             await store.close()
 
 

@@ -143,6 +143,10 @@ MATRIX = {
     ("GET", "/api/v1/projects/{project}/reconciler"): "viewer",
     ("POST", "/api/v1/projects/{project}/reconciler/run"): "operator",
     ("PUT", "/api/v1/projects/{project}/reconciler"): "admin",
+    # Trends and retention: viewers read, admins change retention
+    ("GET", "/api/v1/projects/{project}/trends"): "viewer",
+    ("GET", "/api/v1/projects/{project}/retention"): "viewer",
+    ("PUT", "/api/v1/projects/{project}/retention"): "admin",
     # Owner: delete the project
     ("DELETE", "/api/v1/projects/{project}"): "owner",
 }

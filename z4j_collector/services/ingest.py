@@ -14,10 +14,14 @@ import gc
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from z4j_collector.services.hub import Hub
 from z4j_collector.services.metrics import RuntimeHistogram
 from z4j_collector.store.base import IngestItem, IngestOutcome, SqlStore
+
+if TYPE_CHECKING:
+    from z4j_collector.services.trends import Trends
 
 log = logging.getLogger("z4j.collector.ingest")
 
@@ -68,6 +72,8 @@ class IngestWriter:
         self.runtimes = RuntimeHistogram()
         """Runtimes of tasks committed since this process started (/metrics)."""
         self._task: asyncio.Task[None] | None = None
+        self.trends: Trends | None = None
+        """Given each commit's new task events (services/trends.py); set by the app."""
 
     def start(self) -> None:
         tune_gc()
@@ -125,3 +131,5 @@ class IngestWriter:
             if not future.done():
                 future.set_result(outcome)
         self.hub.publish(result)
+        if self.trends is not None:
+            self.trends.observe(result)

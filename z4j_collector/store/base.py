@@ -21,6 +21,7 @@ from z4j_collector.store.notify import NotifySql
 from z4j_collector.store.reconcile import ReconcileSql
 from z4j_collector.store.metrics import MetricsSql
 from z4j_collector.store.schedules import ScheduleSql
+from z4j_collector.store.trends import TrendsSql
 
 T = TypeVar("T")
 
@@ -82,6 +83,8 @@ class IngestResult:
     workers: list[dict[str, Any]] = field(default_factory=list)
     runtimes: list[tuple[int, str, float]] = field(default_factory=list)
     """(project_id, engine, runtime) of each new event that reports a runtime (/metrics)."""
+    fresh: list[tuple[int, list[p.TaskEvent]]] = field(default_factory=list)
+    """(project_id, new task events) per batch, for trends (services/trends.py)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql):
+class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, TrendsSql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
@@ -228,10 +231,12 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql):
                     outcome.accepted += 1
         task_rows: list[list[Any]] = []
         runtimes: list[tuple[int, str, float]] = []
+        fresh_events: list[tuple[int, list[p.TaskEvent]]] = []
         for index, events in fresh.items():
             item = items[index]
             task_rows.extend(taskmerge.fold(item.project_id, item.agent_id, events))
             runtimes.extend((item.project_id, ev.engine, ev.runtime) for ev in events if ev.runtime is not None)
+            fresh_events.append((item.project_id, events))
         if task_rows:
             await self.upsert_tasks(tx, _one_row_per_key(task_rows))
         workers = await self._ingest_workers(tx, items)
@@ -242,7 +247,8 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql):
                     "UPDATE agents SET dropped_events = ? WHERE id = ?", (item.dropped, item.agent_id)
                 )
         changed = await self._read_back(tx, [r for r in task_rows if r[0] in watched]) if watched else []
-        return IngestResult(outcomes=outcomes, tasks=changed, workers=workers, runtimes=runtimes)
+        return IngestResult(outcomes=outcomes, tasks=changed, workers=workers, runtimes=runtimes,
+                            fresh=fresh_events)
 
     async def _read_back(self, tx: Tx, rows: list[list[Any]]) -> list[dict[str, Any]]:
         keys: dict[tuple[int, str], list[str]] = {}
