@@ -1,8 +1,9 @@
 """Observer mode (`z4j agent celery -A proj`): real `celery worker` processes WITHOUT the agent
 (no Z4J_* in their environment), real observer processes, a real collector, on both databases.
 
-Per database: one collector; a worker started with -E and two observers (lease, standby,
-takeover on SIGTERM); then a worker without -E: the warning, then --enable-events.
+Per database: one collector; a worker started with -E and three observers in turn (lease,
+standby, takeover when the holder gets SIGTERM and when it is SIGKILLed); then a worker without
+-E: the warning, then --enable-events.
 """
 
 from __future__ import annotations
