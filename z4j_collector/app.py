@@ -27,7 +27,7 @@ from z4j_collector.api.reconciler import ReconcilerController
 from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
 from z4j_collector.api.gateway import agent_gateway
-from z4j_collector.api.metrics import prometheus_metrics
+from z4j_collector.api.metrics import metrics_of, prometheus_metrics
 from z4j_collector.api.schemas import Health
 from z4j_collector.api.stream import project_stream
 from z4j_collector.api.tasks import TaskController
@@ -132,8 +132,9 @@ class CollectorPlugin(InitPluginProtocol):
         app.state.notify = Notifier(store, audit, OutboundClient(Allowlist.from_env()), Mailer(settings.smtp))
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
         app.state.schedules.start()
-        app.state.reconciler = Reconciler(store, registry, commands, audit)
+        app.state.reconciler = Reconciler(store, registry, commands, audit, hub=hub)
         app.state.reconciler.start()
+        metrics_of(app).add_source(app.state.reconciler.metrics)
         checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))
         try:
             token = await identity.issue_setup_token()

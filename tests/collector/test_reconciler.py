@@ -182,6 +182,15 @@ def test_ten_thousand_stuck_tasks_all_settled_none_starved(collector, root):
                          ("task:t01501",))
         assert '"old":"started"' in detail and '"new":"lost"' in detail and '"worker":"w-dead"' in detail
 
+        # counted for Prometheus
+        from prometheus_client.parser import text_string_to_metric_families
+
+        scraped = {(s.labels.get("project"), s.labels.get("outcome")): s.value
+                   for f in text_string_to_metric_families(viewer.get("/metrics").text)
+                   for s in f.samples if s.name == "z4j_reconciler_tasks_total"}
+        assert scraped[(slug, "lost")] == lost and scraped[(slug, "settled")] == settled
+        assert scraped[(slug, "later")] == 2 * FAILING
+
         # lost is a guess: a real terminal event that arrives later wins
         seed_event(collector, slug, engine, "t01501", "succeeded")
         assert task(viewer, "t01501")["state"] == "success"

@@ -44,8 +44,9 @@ from z4j_collector.errors import CollectorError
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import SYSTEM, Actor, Audit
 from z4j_collector.services.commands import CommandService
+from z4j_collector.services.metrics import Family
 from z4j_collector.settings import _env_number
-from z4j_collector.store.base import SqlStore
+from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.reconcile import SETTING_COLUMNS
 
 log = logging.getLogger("z4j.collector.reconciler")
@@ -116,8 +117,12 @@ def check_settings(data: Any) -> dict[str, Any]:
 
 class Reconciler:
     def __init__(self, store: SqlStore, registry: AgentRegistry, commands: CommandService, audit: Audit,
-                 interval_s: float | None = None) -> None:
+                 interval_s: float | None = None, hub: Any = None) -> None:
         self.store = store
+        self.hub = hub
+        self.totals: dict[tuple[int, str], int] = {}
+        """(project id, outcome settled/lost/later/no_agent) -> tasks, since this process started."""
+        self.passes = 0
         self.registry = registry
         self.commands = commands
         self.audit = audit
@@ -191,12 +196,31 @@ class Reconciler:
                 projects = [project_id]
             for pid in projects:
                 stats.projects += 1
+                before = (stats.settled, stats.lost, stats.later, stats.no_agent)
                 try:
                     await self._project_pass(pid, stats)
                 except Exception as exc:  # noqa: BLE001 - one project's trouble never stops the others
                     log.exception("reconciler: project %s", pid)
                     stats.errors.append(f"project {pid}: {type(exc).__name__}: {exc}")
+                after = (stats.settled, stats.lost, stats.later, stats.no_agent)
+                for outcome, old, new in zip(("settled", "lost", "later", "no_agent"), before, after):
+                    if new > old:
+                        self.totals[(pid, outcome)] = self.totals.get((pid, outcome), 0) + new - old
+            self.passes += 1
             return stats
+
+    async def metrics(self) -> list[Family]:
+        """Prometheus families (services/metrics.py add_source)."""
+        slugs = await self.store.metric_project_slugs()
+        tasks = Family("z4j_reconciler_tasks_total", "counter",
+                       "Stuck tasks the reconciler handled since this collector process started, by outcome: "
+                       "settled (real state applied), lost, later (left for a later look), no_agent (no agent "
+                       "could probe; also counted as later or lost).")
+        for (pid, outcome), count in sorted(self.totals.items()):
+            tasks.add(count, project=slugs.get(pid, str(pid)), outcome=outcome)
+        passes = Family("z4j_reconciler_passes_total", "counter", "Reconciler passes since this process started.")
+        passes.add(self.passes)
+        return [tasks, passes]
 
     async def _project_pass(self, project_id: int, stats: PassStats) -> None:
         own = await self.store.reconcile_settings(project_id)
@@ -321,9 +345,14 @@ class Reconciler:
                         old=current["state"], new=new, old_engine_state=current["engine_state"],
                         engine_state=event.engine_state, worker=current["worker"], reason=reason))
                 await self.store.apply_reconciled(tx, project_id, events)
-                return settled, lost, len(chunk) - len(events)
+                changed: list[dict[str, Any]] = []
+                if events and self.hub is not None and project_id in self.hub.watched():
+                    changed = await self.store.read_back_tasks(tx, project_id, engine, [e.task_id for e in events])
+                return settled, lost, len(chunk) - len(events), changed
 
-            settled, lost, skipped = await self.store.write(tx_fn)
+            settled, lost, skipped, changed = await self.store.write(tx_fn)
+            if changed:
+                self.hub.publish(IngestResult(outcomes=[], tasks=changed))  # live clients see it at once
             stats.settled += settled
             stats.lost += lost
             stats.skipped += skipped

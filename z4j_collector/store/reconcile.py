@@ -119,3 +119,8 @@ class ReconcileSql:
         await tx.executemany(
             "UPDATE tasks SET reconcile_after = NULL WHERE project_id = ? AND engine = ? AND task_id = ?",
             [(project_id, ev.engine, ev.task_id) for ev in events])
+
+    async def read_back_tasks(self, tx: Any, project_id: int, engine: str,
+                              task_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The changed rows for live streams (project_id + summary columns)."""
+        return await self._read_back(tx, [[project_id, engine, t] for t in task_ids])  # type: ignore[attr-defined]
