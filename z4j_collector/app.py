@@ -23,6 +23,7 @@ from z4j_collector.api.audit import AuditController
 from z4j_collector.api.auth import AuthController
 from z4j_collector.api.commands import CommandController
 from z4j_collector.api.notify import NotifyController
+from z4j_collector.api.rules import RulesController
 from z4j_collector.api.reconciler import ReconcilerController
 from z4j_collector.api.schedules import ScheduleController
 from z4j_collector.api.fleet import FleetController
@@ -45,6 +46,7 @@ from z4j_collector.services.ingest import IngestWriter
 from z4j_collector.services.mail import Mailer
 from z4j_collector.services.membership import Membership
 from z4j_collector.services.notify import Notifier
+from z4j_collector.services.rules import Rules
 from z4j_collector.services.reconciler import Reconciler
 from z4j_collector.services.outbound import Allowlist, OutboundClient
 from z4j_collector.services.schedules import Schedules
@@ -95,7 +97,7 @@ class CollectorPlugin(InitPluginProtocol):
         app_config.route_handlers.extend(
             [health, prometheus_metrics, agent_gateway, project_stream, TaskController, FleetController, CommandController,
              AuthController, UserController, ProjectController, AuditController, ScheduleController, ActionController,
-             NotifyController, ReconcilerController, TrendsController]
+             NotifyController, RulesController, ReconcilerController, TrendsController]
         )
         app_config.guards.append(requires_permission)
         app_config.middleware.append(RefusedWebSockets)
@@ -132,6 +134,8 @@ class CollectorPlugin(InitPluginProtocol):
         app.state.notify = Notifier(store, audit, OutboundClient(Allowlist.from_env()), Mailer(settings.smtp))
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
         app.state.schedules.start()
+        app.state.rules = Rules(store, audit, app.state.notify)
+        app.state.rules.start()
         app.state.reconciler = Reconciler(store, registry, commands, audit, hub=hub)
         app.state.reconciler.start()
         metrics_of(app).add_source(app.state.reconciler.metrics)
@@ -150,6 +154,7 @@ class CollectorPlugin(InitPluginProtocol):
             yield
         finally:
             checkpoints.cancel()
+            await app.state.rules.stop()
             await app.state.reconciler.stop()
             await app.state.schedules.stop()
             await writer.stop()

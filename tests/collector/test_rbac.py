@@ -139,6 +139,12 @@ MATRIX = {
     ("POST", "/api/v1/projects/{project}/notifications/channels"): "admin",
     ("PATCH", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
     ("DELETE", "/api/v1/projects/{project}/notifications/channels/{channel_id}"): "admin",
+    # Notification rules: viewers list them, admins change them
+    ("GET", "/api/v1/projects/{project}/notifications/rules"): "viewer",
+    ("GET", "/api/v1/projects/{project}/notifications/rules/{rule_id}"): "viewer",
+    ("POST", "/api/v1/projects/{project}/notifications/rules"): "admin",
+    ("PATCH", "/api/v1/projects/{project}/notifications/rules/{rule_id}"): "admin",
+    ("DELETE", "/api/v1/projects/{project}/notifications/rules/{rule_id}"): "admin",
     # Reconciler: viewers read its settings and the stuck count, operators run a pass, admins change settings
     ("GET", "/api/v1/projects/{project}/reconciler"): "viewer",
     ("POST", "/api/v1/projects/{project}/reconciler/run"): "operator",
@@ -157,7 +163,7 @@ MATRIX = {
 # end in 400/404 without changing anything.
 MISSING = 999_999
 PATH_PARAMS = {"task_id": "no-such-task", "command_id": "no-such-command", "user_id": MISSING, "session_id": MISSING,
-               "schedule_id": MISSING, "channel_id": MISSING,
+               "schedule_id": MISSING, "channel_id": MISSING, "rule_id": MISSING,
                "token_id": MISSING, "agent_id": MISSING, "invitation_id": MISSING, "token": "z4ji_no-such-invitation",
                "path": "no-such-document", "queue": "no-such-queue", "worker": "no-such-worker"}
 BODIES = {

@@ -18,6 +18,7 @@ from z4j_agents import protocol as p
 from z4j_collector import taskmerge
 from z4j_collector.store.identity import IdentitySql
 from z4j_collector.store.notify import NotifySql
+from z4j_collector.store.rules import RulesSql
 from z4j_collector.store.reconcile import ReconcileSql
 from z4j_collector.store.metrics import MetricsSql
 from z4j_collector.store.schedules import ScheduleSql
@@ -106,7 +107,7 @@ class TaskQuery:
 Cursor = tuple[float, str, str]
 
 
-class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, TrendsSql):
+class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, TrendsSql, RulesSql):
     dialect = "sql"
 
     # -------------------------------------------------- dialect primitives
