@@ -11,7 +11,7 @@ import typer
 from z4j_tui.cli_common import CliError, JsonOption, ProjectOption, UrlOption, done, pick, print_json, table, when
 from z4j_tui.client import Client
 
-notify_app = typer.Typer(help="Notifications: channels and the delivery log.", no_args_is_help=True)
+notify_app = typer.Typer(help="Notifications: channels, rules and the delivery log.", no_args_is_help=True)
 channels_app = typer.Typer(help="Notification channels: list, create, delete, test.", no_args_is_help=True)
 
 ChannelArgument = Annotated[str, typer.Argument(help="Channel name or id")]
@@ -120,7 +120,78 @@ def deliveries(url: UrlOption = None, project: ProjectOption = "default",
             r["error"] or ""] for r in rows])
 
 
+rules_app = typer.Typer(help="Notification rules: list, create, delete.", no_args_is_help=True)
+RULE_KINDS = ("task_failed", "failure_rate", "task_lost", "task_stuck", "worker_offline", "queue_depth")
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise CliError(f"--param takes key=value, got {text!r}")
+    for convert in (int, float):
+        try:
+            return key.strip(), convert(value)
+        except ValueError:
+            pass
+    return key.strip(), value
+
+
+def _rule_params(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def list_rules(url: UrlOption = None, project: ProjectOption = "default", as_json: JsonOption = False) -> None:
+    """Rules of the project (viewer)."""
+    client = Client(url)
+    rows = client.request("GET", f"{_BASE.format(project=project)}/rules")
+    if as_json:
+        print_json(rows)
+        return
+    names = {c["id"]: c["name"] for c in client.request("GET", f"{_BASE.format(project=project)}/channels")}
+    table(["id", "name", "kind", "params", "channels", "cooldown", "enabled"],
+          [[r["id"], r["name"], r["kind"], _rule_params(r["params"]),
+            ", ".join(names.get(c, str(c)) for c in r["channel_ids"]), f"{r['cooldown_s']:g} s",
+            "yes" if r["enabled"] else "no"] for r in rows])
+
+
+def create_rule(kind: Annotated[str, typer.Argument(help=", ".join(RULE_KINDS))],
+                name: Annotated[str, typer.Argument(help="Rule name")],
+                channel: Annotated[list[str], typer.Option("--channel", help="A channel (name or id) to send on; "
+                                                                            "repeat for more")],
+                param: Annotated[list[str] | None, typer.Option(
+                    "--param", help="key=value: name, queue, worker (filters, * wildcard), threshold, "
+                                    "window_minutes, min_finished, stuck_after_s, offline_after_s, depth")] = None,
+                cooldown: Annotated[float | None, typer.Option("--cooldown", help="Seconds between messages of "
+                                                                                  "one condition (300)")] = None,
+                disabled: Annotated[bool, typer.Option("--disabled", help="Create it disabled")] = False,
+                url: UrlOption = None, project: ProjectOption = "default", as_json: JsonOption = False) -> None:
+    """Create a rule (admin)."""
+    if kind not in RULE_KINDS:
+        raise CliError(f"kind must be one of {', '.join(RULE_KINDS)}, got {kind!r}")
+    client = Client(url)
+    body: dict[str, Any] = {"kind": kind, "name": name, "params": dict(_param(p) for p in param or []),
+                            "channel_ids": [_channel_id(client, project, c) for c in channel],
+                            "enabled": not disabled}
+    if cooldown is not None:
+        body["cooldown_s"] = cooldown
+    row = client.request("POST", f"{_BASE.format(project=project)}/rules", json=body)
+    done(row, as_json, f"rule {row['name']} ({row['kind']}) created, id {row['id']}")
+
+
+def delete_rule(rule: Annotated[str, typer.Argument(help="Rule name or id")], url: UrlOption = None,
+                project: ProjectOption = "default", as_json: JsonOption = False) -> None:
+    """Delete a rule (admin)."""
+    client = Client(url)
+    rid = pick(client.request("GET", f"{_BASE.format(project=project)}/rules"), rule, "name", "rule")
+    client.request("DELETE", f"{_BASE.format(project=project)}/rules/{rid}")
+    done({"id": rid, "deleted": True}, as_json, f"rule {rule} deleted")
+
+
 def register(app: typer.Typer) -> None:
+    rules_app.command("list")(list_rules)
+    rules_app.command("create")(create_rule)
+    rules_app.command("delete")(delete_rule)
+    notify_app.add_typer(rules_app, name="rules")
     channels_app.command("list")(list_channels)
     channels_app.command()(create)
     channels_app.command()(delete)
