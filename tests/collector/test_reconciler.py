@@ -9,13 +9,16 @@ heard of long ago); the engine's store is a bare agent answering
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 
 import pytest
 
-from tests.support.collector import mint_agent, mint_tokens, module_collector, wait_agent_connected, with_store
+from tests.support.collector import (
+    mint_agent, mint_tokens, module_collector, wait_agent_connected, with_store, z4j,
+)
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
@@ -256,7 +259,17 @@ def test_no_agent_marks_for_later_then_lost_after_the_grace(collector, root):
         apis["admin"].put(f"/api/v1/projects/{slug}/reconciler", json={"stuck_after_s": 1}).raise_for_status()
         third = run(operator)
         assert (third["looked"], third["later"], third["lost"]) == (1, 1, 0), third
-        assert apis["admin"].put(f"/api/v1/projects/{slug}/reconciler", json={"stuck_after_s": None}
-                                 ).json()["settings"]["stuck_after_s"] == 3600
+
+        # the same through the CLI
+        admin = {"Z4J_URL": collector.url, "Z4J_API_TOKEN": mint_tokens(collector, "admin", project=slug)["admin"],
+                 "COLUMNS": "200"}
+        refused = z4j("reconciler", "set", "--project", slug, "--batch", "many", env=admin, check=False)
+        assert refused.returncode != 0 and "--batch must be a number" in refused.stderr
+        z4j("reconciler", "set", "--project", slug, "--stuck-after", "default", env=admin)
+        shown = json.loads(z4j("reconciler", "show", "--project", slug, "--json", env=admin).stdout)
+        assert shown["settings"]["stuck_after_s"] == 3600 and shown["project"]["stuck_after_s"] is None
+        assert shown["stuck"] == 1  # "long": its worker lives, the store says it runs
+        assert "stuck-after" not in z4j("reconciler", "show", "--project", slug, env=admin).stdout
+        assert json.loads(z4j("reconciler", "run", "--project", slug, "--json", env=admin).stdout)["looked"] == 0
     finally:
         agent.stop()
