@@ -7,7 +7,6 @@ they live beside the collector; z4j_tui.cli mounts them under ``z4j``.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from typing import Annotated, Any

@@ -14,7 +14,6 @@ projects, first-boot setup.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from z4j_collector import auditchain
 from z4j_collector.errors import Conflict
 from z4j_collector.keys import AuditKeys
 from z4j_collector.store.base import SqlStore
+from z4j_collector.services.periodic import every
 
 log = logging.getLogger("z4j.collector.audit")
 INSTANCE = 0
@@ -203,9 +203,4 @@ class Audit:
 
     async def run_checkpoints(self, interval_s: float) -> None:
         """Background task: a signed checkpoint of every chain every ``interval_s``."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await self.checkpoint_all(strict=False)
-            except Exception:  # noqa: BLE001 - keep the timer alive; the next pass retries
-                log.exception("audit checkpoint pass failed")
+        await every(interval_s, lambda: self.checkpoint_all(strict=False), "audit checkpoint pass")

@@ -48,6 +48,7 @@ from z4j_collector.services.metrics import Family
 from z4j_collector.settings import _env_number
 from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.reconcile import SETTING_COLUMNS
+from z4j_collector.services.periodic import every
 
 log = logging.getLogger("z4j.collector.reconciler")
 
@@ -150,16 +151,12 @@ class Reconciler:
             self._task = None
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                stats = await self.run_pass()
-                if stats.looked:
-                    log.info("reconciler pass: %s", stats.as_dict())
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - the next pass tries again
-                log.exception("reconciler pass failed")
+        await every(self.interval_s, self._logged_pass, "reconciler pass")
+
+    async def _logged_pass(self) -> None:
+        stats = await self.run_pass()
+        if stats.looked:
+            log.info("reconciler pass: %s", stats.as_dict())
 
     # ------------------------------------------------------------ settings
 

@@ -42,6 +42,7 @@ from z4j_collector.errors import CollectorError, Conflict, NotFound
 from z4j_collector.services.audit import Actor, Audit
 from z4j_collector.services.notify import Message, Notifier
 from z4j_collector.store.base import SqlStore
+from z4j_collector.services.periodic import every
 
 log = logging.getLogger("z4j.collector.rules")
 
@@ -234,12 +235,7 @@ class Rules:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.evaluate_all()
-            except Exception:  # noqa: BLE001 - the evaluator never stops
-                log.exception("notification rules pass failed")
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.evaluate_all, "notification rules pass", first_now=True)
 
     async def evaluate_all(self, now: float | None = None) -> None:
         for rule in await self.store.enabled_rules():

@@ -36,6 +36,7 @@ from z4j_collector.services.audit import Actor, Audit
 from z4j_collector.services.commands import CommandService
 from z4j_collector.store.base import SqlStore
 from z4j_collector.store.schedules import DEFINITION
+from z4j_collector.services.periodic import every
 
 log = logging.getLogger("z4j.collector.schedules")
 
@@ -314,12 +315,7 @@ class Schedules:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.sync_all()
-            except Exception:  # noqa: BLE001 - try again on the next round
-                log.exception("schedule sync failed")
-            await asyncio.sleep(self.interval_s)
+        await every(self.interval_s, self.sync_all, "schedule sync", first_now=True)
 
     def _scheduler_sessions(self) -> dict[tuple[int, str], Any]:
         """(agent id, engine) -> the agent's newest connection that lists schedules."""

@@ -40,6 +40,7 @@ from z4j_collector.errors import ConfigError
 from z4j_collector.sketch import ALPHA, Sketch
 from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.trends import ROLLUP_STATES, RollupKey
+from z4j_collector.services.periodic import every
 
 log = logging.getLogger("z4j.collector.trends")
 
@@ -98,8 +99,10 @@ class Trends:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._flush_loop(), name="z4j-trends-flush"),
-                       asyncio.create_task(self._retention_loop(), name="z4j-retention")]
+        # A failed flush keeps its events pending for the next one.
+        self._tasks = [asyncio.create_task(every(self.flush_s, self.flush, "trends flush"), name="z4j-trends-flush"),
+                       asyncio.create_task(every(self.retention_s, self.retention_pass, "retention pass"),
+                                           name="z4j-retention")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -110,22 +113,6 @@ class Trends:
             await self.flush()  # what was committed but not yet rolled up
         except Exception as exc:  # noqa: BLE001
             log.warning("last trends flush failed: %s", exc)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            try:
-                await self.flush()
-            except Exception as exc:  # noqa: BLE001 - kept pending, tried again next time
-                log.warning("trends flush failed: %s", exc)
-
-    async def _retention_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.retention_s)
-            try:
-                await self.retention_pass()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("retention pass failed: %s", exc)
 
     # ------------------------------------------------------------ ingest hook
 

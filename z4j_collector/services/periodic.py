@@ -1,0 +1,25 @@
+"""Background passes (checkpoints, reconciler, rules, schedule sync, trends,
+retention): one loop, so every pass fails the same way — logged, and the
+next pass runs on time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("z4j.collector")
+
+
+async def every(interval_s: float, job: Callable[[], Awaitable[Any]], what: str, *, first_now: bool = False) -> None:
+    """Run ``job`` every ``interval_s`` seconds until cancelled (first at once
+    with ``first_now``, else after one interval)."""
+    if not first_now:
+        await asyncio.sleep(interval_s)
+    while True:
+        try:
+            await job()
+        except Exception:  # noqa: BLE001 - a background pass never stops the loop
+            log.exception("%s failed; the next pass runs in %.0f s", what, interval_s)
+        await asyncio.sleep(interval_s)
