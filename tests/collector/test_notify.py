@@ -174,6 +174,18 @@ def test_retries_refusals_and_the_log(env):
     assert tests and tests[0]["outcome"] == "failed" and tests[0]["detail"]["status"] == "refused"
     assert env["viewer"].get(f"{BASE}/deliveries", params={"status": "lost"}).status_code == 400
 
+    # /metrics counts the delivery log by channel kind and status
+    from prometheus_client.parser import text_string_to_metric_families
+
+    log = env["viewer"].get(f"{BASE}/deliveries", params={"limit": 1000}).raise_for_status().json()
+    expected: dict[tuple[str, str], int] = {}
+    for d in log:
+        expected[(d["kind"], d["status"])] = expected.get((d["kind"], d["status"]), 0) + 1
+    scrape = env["collector"].api().get("/metrics").raise_for_status().text
+    family = next(f for f in text_string_to_metric_families(scrape) if f.name == "z4j_notification_deliveries")
+    assert {(s.labels["kind"], s.labels["status"]): int(s.value) for s in family.samples
+            if s.labels["project"] == "default"} == expected
+
 
 def test_rbac(env):
     viewer, operator, admin, rx = env["viewer"], env["operator"], env["admin"], env["rx"]

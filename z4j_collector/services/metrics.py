@@ -127,10 +127,18 @@ class Metrics:
         self._sources.append(source)
 
     async def scrape(self) -> str:
-        families = await self._core()
+        families = await self._core() + await self._deliveries()
         for source in self._sources:
             families.extend(await source())
         return render(families)
+
+    async def _deliveries(self) -> list[Family]:
+        deliveries = Family("z4j_notification_deliveries", "gauge",
+                            "Notification deliveries in the delivery log by project, channel kind and status "
+                            "(pending, sent, failed, refused).")
+        for project, kind, status, count in await self.store.metric_delivery_counts():
+            deliveries.add(count, project=project, kind=kind, status=status)
+        return [deliveries]
 
     async def _core(self) -> list[Family]:
         store, now = self.store, time.time()

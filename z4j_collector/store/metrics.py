@@ -42,6 +42,14 @@ class MetricsSql:
             "JOIN projects p ON p.id = c.project_id")
         return [(r[0], r[1], r[2], int(r[3])) for r in rows]
 
+    async def metric_delivery_counts(self) -> list[tuple[str, str, str, int]]:
+        """(project, channel kind, status, count) over the notification delivery log."""
+        rows = await self.fetchall(  # type: ignore[attr-defined]
+            "SELECT p.slug, d.kind, d.status, d.n FROM "
+            "(SELECT project_id, kind, status, COUNT(*) AS n FROM notification_deliveries "
+            "GROUP BY project_id, kind, status) d JOIN projects p ON p.id = d.project_id")
+        return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+
     async def metric_project_slugs(self) -> dict[int, str]:
         rows: list[Any] = await self.fetchall("SELECT id, slug FROM projects")  # type: ignore[attr-defined]
         return {int(r[0]): r[1] for r in rows}
