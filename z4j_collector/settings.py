@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,8 @@ def dialect_of(url: str) -> str:
     return "postgresql" if url.startswith("postgresql://") else "sqlite"
 
 
-def _env_number(var: str, default: float) -> float:
+def env_number(var: str, default: float) -> float:
+    """A positive, finite number from the environment (``default`` when unset)."""
     raw = os.environ.get(var)
     if not raw:
         return default
@@ -49,7 +51,7 @@ def _env_number(var: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{var} must be a number, got {raw!r}") from None
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"{var} must be more than 0, got {raw!r}")
     return value
 
@@ -86,7 +88,7 @@ class SmtpSettings:
         security = os.environ.get("Z4J_SMTP_SECURITY", "starttls").lower()
         if security not in ("none", "starttls", "tls"):
             raise ConfigError(f"Z4J_SMTP_SECURITY must be none, starttls or tls, got {security!r}")
-        port = int(_env_number("Z4J_SMTP_PORT", {"none": 25, "starttls": 587, "tls": 465}[security]))
+        port = int(env_number("Z4J_SMTP_PORT", {"none": 25, "starttls": 587, "tls": 465}[security]))
         sender = os.environ.get("Z4J_SMTP_FROM") or ""
         if "@" not in sender:
             raise ConfigError("Z4J_SMTP_FROM must be the sender's e-mail address when Z4J_SMTP_HOST is set")
@@ -139,11 +141,11 @@ class Settings:
                 raise ConfigError(f"Z4J_PORT must be a number, got {raw!r}") from None
         if not 0 < port < 65536:
             raise ConfigError(f"port must be between 1 and 65535, got {port}")
-        durations = {name: _env_number(var, default) for name, var, default in _DURATIONS}
+        durations = {name: env_number(var, default) for name, var, default in _DURATIONS}
         return cls(
             db_url=db_url, host=host, port=port, public_url=os.environ.get("Z4J_PUBLIC_URL") or None,
-            login_max_failures=int(_env_number("Z4J_LOGIN_MAX_FAILURES", 5)),
-            login_max_failures_source=int(_env_number("Z4J_LOGIN_MAX_FAILURES_SOURCE", 20)),
+            login_max_failures=int(env_number("Z4J_LOGIN_MAX_FAILURES", 5)),
+            login_max_failures_source=int(env_number("Z4J_LOGIN_MAX_FAILURES_SOURCE", 20)),
             smtp=SmtpSettings.from_env(), metrics_token=os.environ.get("Z4J_METRICS_TOKEN") or None, **durations,
         )
 

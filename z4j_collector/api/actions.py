@@ -13,9 +13,8 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, post
 
-from z4j_collector.api.params import parse_states, parse_time
+from z4j_collector.api.params import check_wait, parse_states, parse_time
 from z4j_collector.api.schemas import Command
-from z4j_collector.errors import CollectorError
 from z4j_collector.guards import access_of
 from z4j_collector.services.actions import BULK_DEFAULT
 from z4j_collector.store.base import TaskQuery
@@ -81,12 +80,6 @@ class WorkerControlRequest(msgspec.Struct, forbid_unknown_fields=True):
     wait: float = 10.0
 
 
-def _wait(value: float) -> float:
-    if not 0 <= value <= 30:
-        raise CollectorError("wait must be between 0 and 30 seconds", code="bad_wait")
-    return value
-
-
 def _answer(command: dict[str, Any]) -> Response:
     status = 202 if command["state"] in ("pending", "dispatched") else 200
     return Response(msgspec.convert(command, Command), status_code=status)
@@ -101,7 +94,7 @@ class ActionController(Controller):
         data = data or RetryRequest()
         access = access_of(request)
         command = await request.app.state.actions.retry(
-            access.project_id, task_id, actor=access.actor, engine=data.engine, wait_s=_wait(data.wait))
+            access.project_id, task_id, actor=access.actor, engine=data.engine, wait_s=check_wait(data.wait))
         return _answer(command)
 
     @post("/tasks/{task_id:str}/cancel", opt=WRITE, summary="Revoke a queued task, or terminate a running one")
@@ -110,7 +103,7 @@ class ActionController(Controller):
         access = access_of(request)
         command = await request.app.state.actions.cancel(
             access.project_id, task_id, actor=access.actor, terminate=data.terminate, confirm=data.confirm,
-            engine=data.engine, wait_s=_wait(data.wait))
+            engine=data.engine, wait_s=check_wait(data.wait))
         return _answer(command)
 
     @post("/tasks/bulk-retry", opt=WRITE, summary="Retry every task matching a filter (a capped, resumable job)")
@@ -123,7 +116,7 @@ class ActionController(Controller):
         )
         result = await request.app.state.actions.bulk_retry(
             access.project_id, query, data.limit, actor=access.actor, resume=data.resume, dry_run=data.dry_run,
-            wait_s=_wait(data.wait))
+            wait_s=check_wait(data.wait))
         if data.dry_run:
             return Response(result, status_code=200)
         return _answer(result)
@@ -134,7 +127,7 @@ class ActionController(Controller):
         access = access_of(request)
         command = await request.app.state.actions.purge(
             access.project_id, queue, actor=access.actor, confirm=data.confirm, name=data.name,
-            older_than=data.older_than, engine=data.engine, wait_s=_wait(data.wait))
+            older_than=data.older_than, engine=data.engine, wait_s=check_wait(data.wait))
         return _answer(command)
 
     @post("/workers/{worker:str}/control", opt=WRITE, summary="Pool, consumer, limit and shutdown controls")
@@ -144,5 +137,5 @@ class ActionController(Controller):
                                                   "reload")}
         command = await request.app.state.actions.worker_control(
             access.project_id, worker, data.op, params, actor=access.actor, confirm=data.confirm, engine=data.engine,
-            wait_s=_wait(data.wait))
+            wait_s=check_wait(data.wait))
         return _answer(command)

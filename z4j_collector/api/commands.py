@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 from litestar import Controller, Request, get, post
 
+from z4j_collector.api.params import check_wait
 from z4j_collector.api.schemas import Command, CommandRequest
 from z4j_collector.errors import CollectorError
 from z4j_collector.guards import access_of
@@ -18,8 +19,7 @@ class CommandController(Controller):
     async def send(self, request: Request, data: CommandRequest) -> Command:
         if not data.action or len(data.action) > 64:
             raise CollectorError("action must be 1 to 64 characters", code="bad_action")
-        if not 0 <= data.wait <= 30:
-            raise CollectorError("wait must be between 0 and 30 seconds", code="bad_wait")
+        check_wait(data.wait)
         access = access_of(request)
         command = await request.app.state.commands.send(
             access.project_id, data.action, data.args,

@@ -10,7 +10,7 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, patch, post
 
-from z4j_collector.api.schedules import _body  # one checker for JSON-object bodies with known fields
+from z4j_collector.api.params import object_body
 from z4j_collector.errors import CollectorError
 from z4j_collector.guards import access_of
 
@@ -30,7 +30,7 @@ class NotifyController(Controller):
     @post("/channels", opt={"permission": "config:write"}, summary="Create a notification channel", status_code=201)
     async def create(self, request: Request, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.notify.create(access.project_id, _body(data, CREATE_FIELDS), access.actor)
+        return await request.app.state.notify.create(access.project_id, object_body(data, CREATE_FIELDS), access.actor)
 
     @get("/channels/{channel_id:int}", opt={"permission": "tasks:read"}, summary="One channel (secrets masked)")
     async def show(self, request: Request, channel_id: int) -> dict[str, Any]:
@@ -40,7 +40,7 @@ class NotifyController(Controller):
            summary="Change a channel (config keys not given, and masked secrets sent back, stay as stored)")
     async def edit(self, request: Request, channel_id: int, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.notify.edit(access.project_id, channel_id, _body(data, EDIT_FIELDS),
+        return await request.app.state.notify.edit(access.project_id, channel_id, object_body(data, EDIT_FIELDS),
                                                    access.actor)
 
     @delete("/channels/{channel_id:int}", opt={"permission": "config:write"}, summary="Delete a channel",

@@ -7,6 +7,7 @@ import math
 import re
 import time
 from datetime import datetime, timezone
+from typing import Any
 
 import msgspec
 
@@ -72,3 +73,25 @@ def decode_cursor(value: str | None) -> Cursor | None:
     except Exception:  # noqa: BLE001 - any garbage is the same mistake
         raise CollectorError("cursor is not one this API handed out", code="bad_cursor") from None
     return created_at, engine, task_id
+
+
+def object_body(data: Any, allowed: set[str]) -> dict[str, Any]:
+    """A JSON-object body with only ``allowed`` fields (an ``agent_id``, when
+    allowed and given, is an integer id)."""
+    if not isinstance(data, dict):
+        raise CollectorError("the body must be a JSON object", code="invalid_request")
+    unknown = set(data) - allowed
+    if unknown:
+        raise CollectorError(f"unknown field(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(allowed))}",
+                             code="invalid_request")
+    agent_id = data.get("agent_id")
+    if agent_id is not None and (isinstance(agent_id, bool) or not isinstance(agent_id, int)):
+        raise CollectorError(f"agent_id must be an agent's id, got {agent_id!r}", code="invalid_request")
+    return data
+
+
+def check_wait(value: float) -> float:
+    """How long a route may wait for an agent's answer: 0 to 30 seconds."""
+    if not 0 <= value <= 30:
+        raise CollectorError("wait must be between 0 and 30 seconds", code="bad_wait")
+    return value

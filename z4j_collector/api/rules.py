@@ -7,7 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, patch, post
 
-from z4j_collector.api.schedules import _body  # one checker for JSON-object bodies with known fields
+from z4j_collector.api.params import object_body
 from z4j_collector.guards import access_of
 
 CREATE_FIELDS = {"kind", "name", "params", "channel_ids", "cooldown_s", "enabled"}
@@ -24,7 +24,7 @@ class RulesController(Controller):
     @post("/", opt={"permission": "config:write"}, summary="Create a notification rule", status_code=201)
     async def create(self, request: Request, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.rules.create(access.project_id, _body(data, CREATE_FIELDS), access.actor)
+        return await request.app.state.rules.create(access.project_id, object_body(data, CREATE_FIELDS), access.actor)
 
     @get("/{rule_id:int}", opt={"permission": "tasks:read"}, summary="One notification rule")
     async def show(self, request: Request, rule_id: int) -> dict[str, Any]:
@@ -34,7 +34,7 @@ class RulesController(Controller):
            summary="Change a rule (fields not given stay; params, when given, replace the stored ones)")
     async def edit(self, request: Request, rule_id: int, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.rules.edit(access.project_id, rule_id, _body(data, CREATE_FIELDS),
+        return await request.app.state.rules.edit(access.project_id, rule_id, object_body(data, CREATE_FIELDS),
                                                   access.actor)
 
     @delete("/{rule_id:int}", opt={"permission": "config:write"}, summary="Delete a rule", status_code=204)

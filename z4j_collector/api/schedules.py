@@ -10,25 +10,12 @@ from typing import Any
 
 from litestar import Controller, Request, delete, get, patch, post
 
-from z4j_collector.api.params import parse_time
+from z4j_collector.api.params import object_body, parse_time
 from z4j_collector.errors import CollectorError
 from z4j_collector.guards import access_of
 
 CREATE_FIELDS = {"name", "task", "schedule", "args", "kwargs", "queue", "options", "enabled", "engine", "agent_id"}
 EDIT_FIELDS = {"task", "schedule", "args", "kwargs", "queue", "options", "enabled"}
-
-
-def _body(data: Any, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise CollectorError("the body must be a JSON object", code="invalid_request")
-    unknown = set(data) - allowed
-    if unknown:
-        raise CollectorError(f"unknown field(s) {', '.join(sorted(unknown))}: use {', '.join(sorted(allowed))}",
-                             code="invalid_request")
-    agent_id = data.get("agent_id")
-    if agent_id is not None and (isinstance(agent_id, bool) or not isinstance(agent_id, int)):
-        raise CollectorError(f"agent_id must be an agent's id, got {agent_id!r}", code="invalid_request")
-    return data
 
 
 class ScheduleController(Controller):
@@ -44,7 +31,7 @@ class ScheduleController(Controller):
           status_code=201)
     async def create(self, request: Request, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.schedules.create(access.project_id, _body(data, CREATE_FIELDS), access.actor)
+        return await request.app.state.schedules.create(access.project_id, object_body(data, CREATE_FIELDS), access.actor)
 
     @get("/{schedule_id:int}", opt={"permission": "tasks:read"}, summary="One schedule")
     async def show(self, request: Request, schedule_id: int) -> dict[str, Any]:
@@ -53,7 +40,7 @@ class ScheduleController(Controller):
     @patch("/{schedule_id:int}", opt={"permission": "config:write"}, summary="Change a schedule")
     async def edit(self, request: Request, schedule_id: int, data: dict[str, Any]) -> dict[str, Any]:
         access = access_of(request)
-        return await request.app.state.schedules.edit(access.project_id, schedule_id, _body(data, EDIT_FIELDS),
+        return await request.app.state.schedules.edit(access.project_id, schedule_id, object_body(data, EDIT_FIELDS),
                                                       access.actor)
 
     @delete("/{schedule_id:int}", opt={"permission": "config:write"}, summary="Delete a schedule", status_code=204)

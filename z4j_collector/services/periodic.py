@@ -12,6 +12,13 @@ from typing import Any
 log = logging.getLogger("z4j.collector")
 
 
+async def cancel(task: asyncio.Task[Any] | None) -> None:
+    """Stop a background task and wait until it has ended."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def every(interval_s: float, job: Callable[[], Awaitable[Any]], what: str, *, first_now: bool = False) -> None:
     """Run ``job`` every ``interval_s`` seconds until cancelled (first at once
     with ``first_now``, else after one interval)."""

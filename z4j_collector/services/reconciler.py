@@ -45,10 +45,10 @@ from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import SYSTEM, Actor, Audit
 from z4j_collector.services.commands import CommandService
 from z4j_collector.services.metrics import Family
-from z4j_collector.settings import _env_number
+from z4j_collector.settings import env_number
 from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.reconcile import SETTING_COLUMNS
-from z4j_collector.services.periodic import every
+from z4j_collector.services.periodic import cancel, every
 
 log = logging.getLogger("z4j.collector.reconciler")
 
@@ -86,7 +86,7 @@ class PassStats:
 def defaults_from_env() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for column, var, default, integer in SETTINGS:
-        value = _env_number(var, default)
+        value = env_number(var, default)
         out[column] = int(value) if integer else value
     return out
 
@@ -127,10 +127,10 @@ class Reconciler:
         self.registry = registry
         self.commands = commands
         self.audit = audit
-        self.interval_s = interval_s or _env_number("Z4J_RECONCILE_INTERVAL_S", 30.0)
-        self.backoff_s = _env_number("Z4J_RECONCILE_BACKOFF_S", 60.0)
-        self.backoff_max_s = _env_number("Z4J_RECONCILE_BACKOFF_MAX_S", 3600.0)
-        self.probe_timeout_s = _env_number("Z4J_RECONCILE_PROBE_TIMEOUT_S", 15.0)
+        self.interval_s = interval_s or env_number("Z4J_RECONCILE_INTERVAL_S", 30.0)
+        self.backoff_s = env_number("Z4J_RECONCILE_BACKOFF_S", 60.0)
+        self.backoff_max_s = env_number("Z4J_RECONCILE_BACKOFF_MAX_S", 3600.0)
+        self.probe_timeout_s = env_number("Z4J_RECONCILE_PROBE_TIMEOUT_S", 15.0)
         self.defaults = defaults_from_env()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -139,19 +139,11 @@ class Reconciler:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        self._task = asyncio.create_task(every(self.interval_s, self._logged_pass, "reconciler pass"))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._task = None
-
-    async def _loop(self) -> None:
-        await every(self.interval_s, self._logged_pass, "reconciler pass")
+        await cancel(self._task)
+        self._task = None
 
     async def _logged_pass(self) -> None:
         stats = await self.run_pass()

@@ -42,7 +42,7 @@ from z4j_collector.errors import CollectorError, Conflict, NotFound
 from z4j_collector.services.audit import Actor, Audit
 from z4j_collector.services.notify import Message, Notifier
 from z4j_collector.store.base import SqlStore
-from z4j_collector.services.periodic import every
+from z4j_collector.services.periodic import cancel, every
 
 log = logging.getLogger("z4j.collector.rules")
 
@@ -227,15 +227,11 @@ class Rules:
     # ------------------------------------------------------------ evaluator
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(
+            every(self.interval_s, self.evaluate_all, "notification rules pass", first_now=True))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        await every(self.interval_s, self.evaluate_all, "notification rules pass", first_now=True)
+        await cancel(self._task)
 
     async def evaluate_all(self, now: float | None = None) -> None:
         for rule in await self.store.enabled_rules():

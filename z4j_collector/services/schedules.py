@@ -36,7 +36,7 @@ from z4j_collector.services.audit import Actor, Audit
 from z4j_collector.services.commands import CommandService
 from z4j_collector.store.base import SqlStore
 from z4j_collector.store.schedules import DEFINITION
-from z4j_collector.services.periodic import every
+from z4j_collector.services.periodic import cancel, every
 
 log = logging.getLogger("z4j.collector.schedules")
 
@@ -307,15 +307,10 @@ class Schedules:
     # ------------------------------------------------------------ sync
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(every(self.interval_s, self.sync_all, "schedule sync", first_now=True))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        await every(self.interval_s, self.sync_all, "schedule sync", first_now=True)
+        await cancel(self._task)
 
     def _scheduler_sessions(self) -> dict[tuple[int, str], Any]:
         """(agent id, engine) -> the agent's newest connection that lists schedules."""

@@ -31,16 +31,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_collector.errors import ConfigError
 from z4j_collector.sketch import ALPHA, Sketch
 from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.trends import ROLLUP_STATES, RollupKey
 from z4j_collector.services.periodic import every
+from z4j_collector.settings import env_number
 
 log = logging.getLogger("z4j.collector.trends")
 
@@ -50,19 +49,6 @@ MAX_PENDING_EVENTS = 1_000_000
 _STATE_INDEX = {state: i for i, state in enumerate(ROLLUP_STATES)}
 _KIND_INDEX = {kind: _STATE_INDEX[state] for kind, state in p.KIND_TO_STATE.items()}
 _FINISHED = frozenset({"succeeded", "failed"})
-
-
-def _env_seconds(var: str, default: float) -> float:
-    raw = os.environ.get(var)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{var} must be a number of seconds, got {raw!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{var} must be more than 0, got {raw!r}")
-    return value
 
 
 def merge_sketch_text(stored: str | None, new: str | None) -> str | None:
@@ -86,9 +72,9 @@ class Trends:
     def __init__(self, store: SqlStore, flush_s: float | None = None, retention_s: float | None = None,
                  retention_batch: int | None = None) -> None:
         self.store = store
-        self.flush_s = flush_s or _env_seconds("Z4J_TRENDS_FLUSH_S", 5.0)
-        self.retention_s = retention_s or _env_seconds("Z4J_RETENTION_PASS_S", 600.0)
-        self.retention_batch = retention_batch or int(_env_seconds("Z4J_RETENTION_BATCH", 2000))
+        self.flush_s = flush_s or env_number("Z4J_TRENDS_FLUSH_S", 5.0)
+        self.retention_s = retention_s or env_number("Z4J_RETENTION_PASS_S", 600.0)
+        self.retention_batch = retention_batch or int(env_number("Z4J_RETENTION_BATCH", 2000))
         self.pending: list[tuple[int, list[p.TaskEvent]]] = []
         self.pending_events = 0
         self.dropped = 0
