@@ -29,10 +29,22 @@ _MAX_SOCKET_DIR = 80
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, and that no other
+    test process of this run was handed: pytest-xdist workers ask the kernel
+    at the same time, and two collectors on one port would each answer the
+    other's test (a marker file per port claims it for the whole run)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+    claims = Path(tempfile.gettempdir()) / f"z4j-test-ports-{os.getuid()}-{run}"
+    claims.mkdir(parents=True, exist_ok=True)
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        try:
+            os.close(os.open(claims / str(port), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return port
+        except FileExistsError:
+            continue  # another test process of this run holds it
 
 
 # --------------------------------------------------------------- safety net
