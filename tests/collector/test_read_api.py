@@ -24,9 +24,10 @@ HOUR, DAY = 3600.0, 86400.0
 
 
 def last_friday(now: float) -> float:
-    """Midnight UTC of the last Friday before today."""
-    today = datetime.fromtimestamp(now, timezone.utc).date()
-    friday = today - timedelta(days=(today.weekday() - 4) % 7 or 7)
+    """Midnight UTC of the last Friday at least three days before today, so no task
+    designed relative to now (the oldest is two days old) falls on that Friday."""
+    latest = datetime.fromtimestamp(now, timezone.utc).date() - timedelta(days=3)
+    friday = latest - timedelta(days=(latest.weekday() - 4) % 7)
     return datetime(friday.year, friday.month, friday.day, tzinfo=timezone.utc).timestamp()
 
 
