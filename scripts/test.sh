@@ -134,10 +134,14 @@ run_family main all celery --group=dev --group=bench -- --ignore=tests/engines
 # file's tests in one xdist process.
 run_family celery celery collector --group=dev -- --dist=loadfile
 
-# Engine families whose libraries conflict with the main environment get their
-# own environment once they have tests under tests/engines/<name>/, e.g.:
-# run_family arq    arq collector --group=dev --
-# run_family taskiq taskiq collector --group=dev --
+# One environment per engine (arq's redis<6 cannot live with the others, and a
+# family of its own keeps each engine's pins honest). Each family's tests share
+# real workers per file, so a file stays in one xdist process.
+run_family rq       rq       collector --group=dev --group=rq-test       -- --dist=loadfile
+run_family huey     huey     collector --group=dev --group=huey-test     -- --dist=loadfile
+run_family arq      arq      collector --group=dev                       -- --dist=loadfile
+run_family dramatiq dramatiq collector --group=dev --group=dramatiq-test -- --dist=loadfile
+run_family taskiq   taskiq   collector --group=dev --group=taskiq-test   -- --dist=loadfile
 
 if [ ${#FAILED[@]} -gt 0 ]; then
     echo "=== FAILED families: ${FAILED[*]}"

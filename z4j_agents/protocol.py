@@ -101,6 +101,10 @@ def new_id() -> str:
     return f"{int(time.time() * 1000):012x}{_random_bits(80):020x}"
 
 
+ENGINES = ("celery", "rq", "huey", "arq", "dramatiq", "taskiq")
+"""The engines with an adapter in ``z4j_agents.<engine>``."""
+
+
 # ---------------------------------------------------------------- events
 
 

@@ -1,5 +1,5 @@
-"""Action verbs of the ``z4j`` CLI: retry, cancel, bulk-retry, purge, worker
-controls. Each one is one audited API call (docs/api.md#actions); the
+"""Action verbs of the ``z4j`` CLI: retry, cancel, bulk-retry, purge,
+requeue-dead, worker controls. Each one is one audited API call (docs/api.md#actions); the
 outcome is one line on stderr (``--json``: the command on stdout), and a
 refusal is one line and exit 1."""
 
@@ -136,6 +136,7 @@ def queues_purge(
     queue: str,
     name: Annotated[str | None, typer.Option("--name", help="Only messages of this task name")] = None,
     older_than: Annotated[str | None, typer.Option(help="Only messages older than this (90s, 15m, 1h, 2d)")] = None,
+    dead_letters: Annotated[bool, typer.Option("--dead-letters", help="Also delete the queue's dead letters")] = False,
     yes: YesOption = False,
     url: UrlOption = None,
     project: ProjectOption = "default",
@@ -144,12 +145,38 @@ def queues_purge(
     as_json: JsonOption = False,
 ) -> None:
     """Delete the messages of a queue (all, or those matching --name/--older-than) for good."""
-    what = "matching messages" if name or older_than else "every message"
+    what = ("matching messages" if name or older_than else "every message") + (
+        " and dead letter" if dead_letters else "")
     _confirm(yes, f"Delete {what} of queue {queue}?", f"purging deletes {what} of {queue} for good: pass --yes")
     command = _post(Client(url), project, f"queues/{queue}/purge",
-                    {"confirm": True, "name": name, "older_than": older_than, "engine": engine, "wait": wait})
+                    {"confirm": True, "name": name, "older_than": older_than, "engine": engine, "wait": wait,
+                     "dead_letters": dead_letters or None})
     purged = (command.get("result") or {}).get("purged")
     _outcome(command, as_json, f"purge of {queue}", f"purged {purged} message(s) of {queue}")
+
+
+def queues_requeue_dead(
+    queue: str,
+    task: Annotated[list[str] | None, typer.Option("--task", help="A dead letter's task id (repeatable)")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every dead letter of the queue")] = False,
+    yes: YesOption = False,
+    url: UrlOption = None,
+    project: ProjectOption = "default",
+    engine: EngineOption = None,
+    wait: WaitOption = 10.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Put dead letters (RQ failed registry, Dramatiq XQ) back on their queue: --task ID... or --all."""
+    if bool(task) == every:
+        raise CliError("give --task ID (repeatable) or --all, not both")
+    if every:
+        _confirm(yes, f"Requeue every dead letter of {queue}?",
+                 f"requeueing every dead letter of {queue} runs them all again: pass --yes")
+    command = _post(Client(url), project, f"queues/{queue}/requeue-dead",
+                    {"task_ids": task or None, "all": every, "confirm": every or None, "engine": engine,
+                     "wait": wait})
+    count = (command.get("result") or {}).get("requeued")
+    _outcome(command, as_json, f"requeue of {queue}'s dead letters", f"requeued {count} dead letter(s) of {queue}")
 
 
 def workers_control(
@@ -208,4 +235,5 @@ def register(tasks_app: typer.Typer, queues_app: typer.Typer, workers_app: typer
     tasks_app.command("cancel")(tasks_cancel)
     tasks_app.command("bulk-retry")(tasks_bulk_retry)
     queues_app.command("purge")(queues_purge)
+    queues_app.command("requeue-dead")(queues_requeue_dead)
     workers_app.command("control")(workers_control)

@@ -213,3 +213,47 @@ def test_bulk_retry_is_capped_retries_each_task_once_and_resumes(collector, apis
         assert outcomes == ["ok", "ok", "ok", "resumed", "started", "started"], outcomes
     finally:
         agent.stop()
+
+
+def test_dead_letters_and_retry_from_the_engines_own_store(collector, apis):
+    """Requeue-dead goes to the agent reporting the queue, after its checks;
+    an RQ task (the job hash keeps its call) retries without a sealed call,
+    through the agent that reported it; purge passes dead_letters on."""
+    operator, viewer, admin = apis["operator"], apis["viewer"], apis["admin"]
+    creds = mint_agent(collector, "rq-agent")
+    agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine="rq", start=False)
+    got: list[tuple[str, dict]] = []
+    for verb in ("retry", "requeue_dead", "purge"):
+        agent.on_command(f"rq.{verb}", lambda args, verb=verb: got.append((verb, args)) or {"requeued": 1})
+    agent.runtime.start()
+    try:
+        wait_agent_connected(admin, "rq-agent")
+        agent.queue("jobs", 3)
+        agent.task("rq-1", "failed", name="app.work", queue="jobs", worker="w1", exception="ValueError: x")
+        assert agent.flush(30)
+
+        dead = f"{P}/queues/jobs/requeue-dead"
+        assert "not both" in refused(operator.post(dead, json={}), 400, "bad_args")
+        refused(operator.post(dead, json={"all": True, "task_ids": ["rq-1"], "confirm": True}), 400, "bad_args")
+        refused(operator.post(dead, json={"task_ids": [""]}), 400, "bad_args")
+        refused(operator.post(dead, json={"all": True}), 400, "confirm_required")
+        refused(operator.post(dead, json={"all": True, "confirm": True, "sort": "x"}), 400, "invalid_request")
+        refused(viewer.post(dead, json={"task_ids": ["rq-1"]}), 403, "forbidden")
+        assert not got
+
+        one = operator.post(dead, json={"task_ids": ["rq-1"]}).json()
+        assert one["state"] == "succeeded" and one["agent_id"] == creds["agent_id"]
+        assert one["args"] == {"queue": "jobs", "all": False, "task_ids": ["rq-1"]}
+        every = operator.post(dead, json={"all": True, "confirm": True}).json()
+        assert every["args"] == {"queue": "jobs", "all": True}
+        purge = operator.post(f"{P}/queues/jobs/purge", json={"confirm": True, "dead_letters": True}).json()
+        assert purge["args"] == {"queue": "jobs", "dead_letters": True}
+
+        retried = operator.post(f"{P}/tasks/rq-1/retry", json={}).json()
+        assert retried["state"] == "succeeded" and retried["agent_id"] == creds["agent_id"]
+        assert retried["args"] == {"task_id": "rq-1", "name": "app.work", "engine_state": "FAILURE", "queue": "jobs"}
+        assert [verb for verb, _ in got] == ["requeue_dead", "requeue_dead", "purge", "retry"]
+        rows = audit(operator, "command.rq.requeue_dead")
+        assert [r["outcome"] for r in rows] == ["sent", "sent"] and rows[0]["target"] == "queue:jobs"
+    finally:
+        agent.stop()

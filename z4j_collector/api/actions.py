@@ -1,4 +1,4 @@
-"""Actions: retry, cancel, bulk retry, purge, worker controls (operator).
+"""Actions: retry, cancel, bulk retry, purge, dead-letter requeue, worker controls (operator).
 
 Typed routes over the commands service (services/actions.py): each checks
 its input, picks the agent that can act, sends one command, and answers the
@@ -60,6 +60,18 @@ class PurgeRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Only messages of this task name."""
     older_than: str | float | None = None
     """Only messages published longer ago than this: seconds or an age (90s, 15m, 1h, 2d)."""
+    dead_letters: bool = False
+    """Also delete the queue's dead letters (Dramatiq's XQ, RQ's failed registry)."""
+    engine: str | None = None
+    wait: float = 10.0
+
+
+class RequeueDeadRequest(msgspec.Struct, forbid_unknown_fields=True):
+    task_ids: list[str] | None = None
+    """The dead letters to put back on the queue."""
+    all: bool = False
+    """Every dead letter of the queue; needs ``confirm``."""
+    confirm: bool = False
     engine: str | None = None
     wait: float = 10.0
 
@@ -127,7 +139,16 @@ class ActionController(Controller):
         access = access_of(request)
         command = await request.app.state.actions.purge(
             access.project_id, queue, actor=access.actor, confirm=data.confirm, name=data.name,
-            older_than=data.older_than, engine=data.engine, wait_s=check_wait(data.wait))
+            older_than=data.older_than, engine=data.engine, dead_letters=data.dead_letters,
+            wait_s=check_wait(data.wait))
+        return _answer(command)
+
+    @post("/queues/{queue:str}/requeue-dead", opt=WRITE, summary="Put dead letters back on their queue")
+    async def requeue_dead(self, request: Request, queue: str, data: RequeueDeadRequest) -> Response:
+        access = access_of(request)
+        command = await request.app.state.actions.requeue_dead(
+            access.project_id, queue, actor=access.actor, task_ids=data.task_ids, every=data.all,
+            confirm=data.confirm, engine=data.engine, wait_s=check_wait(data.wait))
         return _answer(command)
 
     @post("/workers/{worker:str}/control", opt=WRITE, summary="Pool, consumer, limit and shutdown controls")

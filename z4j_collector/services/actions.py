@@ -39,6 +39,9 @@ NOT_REPLAYABLE = ("the original arguments were not captured (task seen only by a
 BULK_ACTION = "tasks.bulk_retry"
 BULK_DEFAULT, BULK_MAX = 1000, 10_000
 BULK_PAGE, BULK_PARALLEL = 200, 16
+# Engines whose own store keeps every job's exact call, so a retry needs no
+# sealed replay: the agent reads the call from the engine (RQ's job hash).
+STORED_CALL_ENGINES = ("rq",)
 RUNNING_STATES = ("started",)
 FINISHED_STATES = ("success", "failure", "revoked", "rejected")
 
@@ -137,6 +140,14 @@ class ActionService:
         if task is None:
             raise NotFound(f"no task {task_id!r}")
         action = f"{task['engine']}.retry"
+        if not task["replays"] and task["engine"] in STORED_CALL_ENGINES:
+            # The engine's own store keeps the exact call (RQ's job hash): the
+            # agent that reported the task (else any of the engine) re-enqueues it.
+            agent_id = self._route(project_id, action, [task["agent_id"]])
+            args = {"task_id": task_id, "name": task["name"], "engine_state": task["engine_state"],
+                    **({"queue": task["queue"]} if task["queue"] else {}), **_job(job)}
+            return await self.commands.send(project_id, action, args, actor=actor, agent_id=agent_id,
+                                            engine=task["engine"], wait_s=wait_s)
         if not task["replays"]:
             await self.audit.write(actor.entry(project_id, f"command.{action}", f"task:{task_id}",
                                                outcome="refused", reason=NOT_REPLAYABLE, **_job(job)))
@@ -181,7 +192,7 @@ class ActionService:
 
     async def purge(self, project_id: int, queue: str, *, actor: Actor, confirm: bool = False,
                     name: str | None = None, older_than: str | float | None = None, engine: str | None = None,
-                    wait_s: float = 10.0) -> dict[str, Any]:
+                    dead_letters: bool = False, wait_s: float = 10.0) -> dict[str, Any]:
         if not queue or len(queue) > 255:
             raise CollectorError("queue must be a name of 1 to 255 characters", code="bad_queue")
         if name is not None and not 0 < len(name) <= 255:
@@ -191,15 +202,46 @@ class ActionService:
             what = "matching messages" if name or age else "every message"
             raise CollectorError(f"purging deletes {what} of queue {queue!r} for good: pass confirm=true",
                                  code="confirm_required")
-        known = await sql.reporting_agents(self.store, project_id, "queues", queue)
-        engine = engine or (known[0][0] if known else "celery")
-        action = f"{engine}.purge"
-        agent_id = self._route(project_id, action, [a for e, a in known if e == engine])
         args: dict[str, Any] = {"queue": queue}
         if name:
             args["name"] = name
         if age:
             args["older_than_s"] = age
+        if dead_letters:
+            args["dead_letters"] = True
+        return await self._queue_command(project_id, queue, "purge", args, actor, engine, wait_s)
+
+    # ------------------------------------------------------------ dead letters
+
+    async def requeue_dead(self, project_id: int, queue: str, *, actor: Actor, task_ids: list[str] | None = None,
+                           every: bool = False, confirm: bool = False, engine: str | None = None,
+                           wait_s: float = 10.0) -> dict[str, Any]:
+        """Put dead letters of a queue (RQ failed registry, Dramatiq XQ, …)
+        back on it: the named ones, or all of them with ``every`` + confirm."""
+        if not queue or len(queue) > 255:
+            raise CollectorError("queue must be a name of 1 to 255 characters", code="bad_queue")
+        ids = list(task_ids or [])
+        if bool(ids) == every:
+            raise CollectorError("give task_ids (the dead letters to requeue) or all=true, not both",
+                                 code="bad_args")
+        if len(ids) > BULK_MAX or any(not isinstance(t, str) or not 0 < len(t) <= 255 for t in ids):
+            raise CollectorError(f"task_ids must be 1 to {BULK_MAX} task ids of 1 to 255 characters",
+                                 code="bad_args")
+        if every and not confirm:
+            raise CollectorError(f"requeueing every dead letter of {queue!r} runs them all again: pass confirm=true",
+                                 code="confirm_required")
+        args: dict[str, Any] = {"queue": queue, "all": every}
+        if ids:
+            args["task_ids"] = ids
+        return await self._queue_command(project_id, queue, "requeue_dead", args, actor, engine, wait_s)
+
+    async def _queue_command(self, project_id: int, queue: str, verb: str, args: dict[str, Any], actor: Actor,
+                             engine: str | None, wait_s: float) -> dict[str, Any]:
+        """Send ``<engine>.<verb>`` about a queue, preferring the agent that reports it."""
+        known = await sql.reporting_agents(self.store, project_id, "queues", queue)
+        engine = engine or (known[0][0] if known else "celery")
+        action = f"{engine}.{verb}"
+        agent_id = self._route(project_id, action, [a for e, a in known if e == engine])
         return await self.commands.send(project_id, action, args, actor=actor, agent_id=agent_id, engine=engine,
                                         wait_s=wait_s)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from z4j_agents.protocol import ENGINES
 from z4j_collector.errors import CollectorError, Conflict, NotFound
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import Actor, Audit
@@ -40,7 +41,6 @@ from z4j_collector.services.periodic import cancel, every
 
 log = logging.getLogger("z4j.collector.schedules")
 
-ENGINES = ("celery",)
 SOURCES = ("z4j", "store", "code")
 OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "queue": (str,), "exchange": (str,), "routing_key": (str,), "priority": (int,), "expires": (int, float),
