@@ -359,7 +359,7 @@ def bootstrap_worker(worker: Any) -> CeleryAgent | None:
 
 def _start_relay(agent: CeleryAgent) -> None:
     global _fork_hook
-    from z4j_agents.celery.relay import RelayServer
+    from z4j_agents.relay import RelayServer
 
     if agent.relay is None:
         def add_dropped(n: int) -> None:
@@ -375,7 +375,7 @@ def _after_fork_in_child() -> None:
         agent = capture.state.agent
         if agent is None or agent.relay is None:
             return
-        from z4j_agents.celery.relay import RelayClient
+        from z4j_agents.relay import RelayClient
 
         capture.state.relay_client = RelayClient(agent.relay.address)
         capture.state.starts = {}

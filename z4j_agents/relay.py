@@ -1,9 +1,9 @@
-"""Prefork children hand their events to the parent's agent.
+"""Forked children hand their events to the parent's agent.
 
-Under the prefork pool, task signals fire in the pool's child processes. A
-child must not open its own connection to the collector (a pool of 16 would
-be 16 sessions, re-opened at every ``max_tasks_per_child`` recycle), so the
-parent listens on a Unix-domain stream socket created before the pool forks,
+Under a forking pool (Celery prefork, RQ's work horse per job), task hooks
+fire in child processes. A child must not open its own connection to the
+collector (a pool of 16 would be 16 sessions, re-opened at every recycle; a
+horse per job would be a connection per job), so the parent listens on a Unix-domain stream socket created before the pool forks,
 and each child:
 
 * queues events in memory (constant time, bounded: what does not fit is
@@ -34,7 +34,7 @@ import msgspec
 
 from z4j_agents import protocol as p
 
-log = logging.getLogger("z4j.celery.relay")
+log = logging.getLogger("z4j.relay")
 
 _LEN = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024
@@ -81,7 +81,7 @@ class RelayServer:
         self._buffers: dict[socket.socket, bytearray] = {}
         self._stopping = False
         self.frames = 0
-        self._thread = threading.Thread(target=self._run, name="z4j-celery-relay", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="z4j.relay", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -89,7 +89,7 @@ class RelayServer:
             try:
                 ready = self._sel.select(timeout=0.5)
             except Exception:  # noqa: BLE001
-                log.exception("z4j celery relay: select failed")
+                log.exception("z4j relay: select failed")
                 time.sleep(0.5)
                 continue
             for key, _ in ready:
@@ -99,7 +99,7 @@ class RelayServer:
                     else:
                         self._read(key.fileobj)  # type: ignore[arg-type]
                 except Exception:  # noqa: BLE001 - one bad child must not stop the relay
-                    log.exception("z4j celery relay: a child's connection failed")
+                    log.exception("z4j relay: a child's connection failed")
                     self._drop(key.fileobj)  # type: ignore[arg-type]
 
     def _accept(self) -> None:
@@ -136,7 +136,7 @@ class RelayServer:
         while len(buf) - pos >= _LEN.size:
             (size,) = _LEN.unpack_from(buf, pos)
             if size > MAX_FRAME:
-                log.error("z4j celery relay: frame of %d bytes from a child; closing its connection", size)
+                log.error("z4j relay: frame of %d bytes from a child; closing its connection", size)
                 self._drop(conn)
                 return
             end = pos + _LEN.size + size
@@ -151,7 +151,7 @@ class RelayServer:
         try:
             dropped, event = _frame_decoder.decode(frame)
         except Exception as exc:  # noqa: BLE001
-            log.warning("z4j celery relay: unreadable frame from a child: %s", exc)
+            log.warning("z4j relay: unreadable frame from a child: %s", exc)
             self._add_dropped(1)
             return
         self.frames += 1
@@ -208,10 +208,10 @@ class RelayClient:
                 with self._cond:
                     self._cond.notify()
         except Exception:  # noqa: BLE001
-            log.exception("z4j celery relay: could not queue an event")
+            log.exception("z4j relay: could not queue an event")
 
     def _start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="z4j-celery-relay-child", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="z4j-relay-child", daemon=True)
         self._thread.start()
 
     def flush(self, timeout: float = 2.0) -> bool:
@@ -244,7 +244,7 @@ class RelayClient:
                 except OSError as exc:
                     # The parent is gone or not listening: keep the bound buffer,
                     # retry with backoff; overflow is counted by send().
-                    log.debug("z4j celery relay: cannot reach the parent: %s", exc)
+                    log.debug("z4j relay: cannot reach the parent: %s", exc)
                     time.sleep(backoff)
                     backoff = min(backoff * 2, 2.0)
                     continue
@@ -254,7 +254,7 @@ class RelayClient:
                     event = self._queue.popleft()
                     self._write(event)
             except OSError as exc:
-                log.debug("z4j celery relay: connection to the parent lost: %s", exc)
+                log.debug("z4j relay: connection to the parent lost: %s", exc)
                 try:
                     self._sock.close()
                 finally:
@@ -262,7 +262,7 @@ class RelayClient:
                 self.dropped += 1
                 self._pending_dropped += 1
             except Exception:  # noqa: BLE001
-                log.exception("z4j celery relay: writing an event failed")
+                log.exception("z4j relay: writing an event failed")
                 self.dropped += 1
                 self._pending_dropped += 1
             finally:
