@@ -129,7 +129,7 @@ run_family() {
 }
 
 # --------------------------------------------------------------- families
-run_family main all celery --group=dev --group=bench -- --ignore=tests/engines
+run_family main all celery --group=dev --group=bench --group=tui-test -- --ignore=tests/engines
 # Celery tests share one real worker per test file (module fixtures): keep a
 # file's tests in one xdist process.
 run_family celery celery collector --group=dev -- --dist=loadfile
