@@ -109,6 +109,7 @@ MATRIX = {
     ("POST", "/api/v1/projects/{project}/tasks/{task_id}/cancel"): "operator",
     ("POST", "/api/v1/projects/{project}/tasks/bulk-retry"): "operator",
     ("POST", "/api/v1/projects/{project}/queues/{queue}/purge"): "operator",
+    ("POST", "/api/v1/projects/{project}/queues/{queue}/requeue-dead"): "operator",
     ("POST", "/api/v1/projects/{project}/workers/{worker}/control"): "operator",
     # Admin: agents, members and invitations up to Admin (the service checks "up to")
     ("POST", "/api/v1/projects/{project}/agents"): "admin",
