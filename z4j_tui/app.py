@@ -1,38 +1,218 @@
 """The z4j terminal console (``z4j-tui``).
 
-It talks to the collector only through the REST client (z4j_tui.client);
-workers do the I/O and post messages, the screens' handlers own the state.
+It talks to the collector only through its public API (z4j_tui.client for
+REST, z4j_tui.stream for the live WebSocket); workers do the I/O and post
+messages, the screens' handlers own the state.
+
+Screens register themselves (``register_screen``) in a module of the
+``z4j_tui.screens`` package; the app imports every module of that package
+once, gives each screen a global key, a line in the help screen and an entry
+in the command palette ("Go to …"), and builds a screen the first time it is
+opened. Each screen is a Textual mode named ``project:screen``, so it keeps
+its state while another is shown, and a project switch starts afresh.
+
+For screen authors, what the app offers (keep to these, they stay stable):
+
+- ``app.client`` (z4j_tui.client.Client), ``app.project`` (slug),
+  ``app.now()`` (the clock; tests pin it for snapshots);
+- ``app.goto(name)``: show a registered screen;
+- ``app.open_task(engine, task_id)``: push the task detail;
+- ``app.report_error(error, title=…)``: show a ClientError or a sentence
+  once (a collector that stays down does not toast every refresh), track the
+  connection (lost / back, said once each) and, on an ended session, prompt
+  for a new login;
+- ``app.report_ok()``: a request answered, so the connection is back.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from textual.app import App
+from textual.app import App, SystemCommand
+from textual.binding import Binding
 from textual.screen import Screen
 
-from z4j_tui.client import Client
+from z4j_tui.client import Client, ClientError
 from z4j_tui.config import ConfigError, Settings
-from z4j_tui.screens.tasks import TasksScreen
+
+if TYPE_CHECKING:
+    from z4j_tui.screens.tasks import TasksScreen
+
+
+# ------------------------------------------------------------------ the screen registry
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    """One top-level screen of the console."""
+
+    name: str
+    """Short id: part of the mode name, and ``app.goto(name)``."""
+    title: str
+    """What the help screen and the command palette call it ("Workers")."""
+    key: str
+    """Global key that opens it (a digit: "1" tasks, "2"…"9" the others)."""
+    factory: Callable[[Z4jApp], Screen]
+    """Builds the screen for the app's client and project."""
+    help: str = ""
+    """One line for the command palette."""
+    order: int = 50
+    """Place in the help screen and the palette (tasks is 0)."""
+
+
+SCREENS: dict[str, ScreenSpec] = {}
+"""Registered screens by name."""
+
+
+def register_screen(spec: ScreenSpec) -> ScreenSpec:
+    """Called at import time by a module of z4j_tui.screens. Registering the
+    same name again replaces it (a module imported twice)."""
+    clash = next((s for s in SCREENS.values() if s.key == spec.key and s.name != spec.name), None)
+    if clash is not None:
+        raise ValueError(f"screen {spec.name!r}: key {spec.key!r} already opens {clash.name!r}")
+    SCREENS[spec.name] = spec
+    return spec
+
+
+def install_screens() -> list[ScreenSpec]:
+    """Import every module of z4j_tui.screens (each registers its screens); the specs in order."""
+    import z4j_tui.screens as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"{package.__name__}.{module.name}")
+    return sorted(SCREENS.values(), key=lambda s: (s.order, s.key))
+
+
+# ------------------------------------------------------------------ the app
 
 
 class Z4jApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "z4j"
+    BINDINGS = [
+        Binding("question_mark,f1", "help", "Help", id="help"),
+        Binding("ctrl+t", "toggle_dark", "Light/dark", show=False, id="toggle-dark"),
+    ]
 
-    def __init__(self, client: Client, project: str = "default", *, refresh_interval: float = 2.0) -> None:
+    def __init__(self, client: Client, project: str = "default", *, refresh_interval: float = 2.0,
+                 now: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.client = client
         self.project = project
         self.refresh_interval = refresh_interval
-        """Seconds between two refreshes of the task list."""
+        """Seconds between two refreshes of the screens that poll."""
+        self.now = now
+        """The clock of every age and time range shown: tests pin it."""
+        self.screen_specs = install_screens()
+        for spec in self.screen_specs:
+            self.bind(spec.key, f"goto('{spec.name}')", description=spec.title, show=False)
+        self.last_error: str | None = None
+        self.connected = True
+
+    # ---------------------------------------------------------------- navigation
 
     def on_mount(self) -> None:
+        self.show_subtitle()
+        self.goto("tasks")
+
+    def show_subtitle(self) -> None:
         self.sub_title = f"{self.project} · {self.client.url}"
 
-    def get_default_screen(self) -> Screen[None]:
-        return TasksScreen(self.client, self.project, self.refresh_interval)
+    def mode_name(self, name: str, project: str | None = None) -> str:
+        return f"{project or self.project}:{name}"
+
+    def goto(self, name: str) -> None:
+        spec = SCREENS[name]
+        mode = self.mode_name(name)
+        if mode not in self._modes:
+            self.add_mode(mode, lambda: spec.factory(self))
+        self.switch_mode(mode)
+
+    def action_goto(self, name: str) -> None:
+        if name in SCREENS:
+            self.goto(name)
+
+    def open_task(self, engine: str, task_id: str) -> None:
+        from z4j_tui.screens.task_detail import TaskDetailScreen
+
+        self.push_screen(TaskDetailScreen(self.client, self.project, engine, task_id))
+
+    def action_help(self) -> None:
+        from z4j_tui.screens.help import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_toggle_dark(self) -> None:
+        self.theme = "textual-light" if self.current_theme.dark else "textual-dark"
+
+    # ---------------------------------------------------------------- keys, for help and palette
+
+    def screen_bindings(self, screen: Screen) -> list[tuple[str, Binding]]:
+        """(key shown, binding) of what the screen's keys do now, app keys last; no duplicates."""
+        seen: set[str] = set()
+        found: list[tuple[str, Binding]] = []
+        for key, active in screen.active_bindings.items():
+            binding = active.binding
+            if not binding.description or (active.node is self and key in {s.key for s in SCREENS.values()}):
+                continue
+            ident = f"{binding.action}:{binding.description}"
+            if ident in seen:
+                continue
+            seen.add(ident)
+            found.append((self.get_key_display(binding), binding))
+        return found
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        for spec in self.screen_specs:
+            yield SystemCommand(f"Go to {spec.title}", spec.help or f"Open the {spec.title} screen  ({spec.key})",
+                                lambda name=spec.name: self.goto(name))
+        yield SystemCommand("Help", "Every key of this screen and the screens  (?)", self.action_help)
+        yield SystemCommand("Light/dark", "Switch between the light and the dark theme  (ctrl+t)",
+                            self.action_toggle_dark)
+        for key, binding in self.screen_bindings(screen):
+            if binding.action.startswith(("goto", "help", "toggle_dark", "app.quit", "command_palette")):
+                continue
+            yield SystemCommand(binding.description, f"{binding.tooltip or binding.description}  ({key})",
+                                lambda b=binding: self.run_action(b.action, screen))
+
+    # ---------------------------------------------------------------- errors and the connection
+
+    def report_ok(self) -> None:
+        self.last_error = None
+        if not self.connected:
+            self.connected = True
+            self.notify(f"reconnected to {self.client.url}", title="collector", severity="information")
+
+    def report_error(self, error: ClientError | str, title: str = "collector") -> None:
+        message = str(error)
+        if isinstance(error, ClientError) and error.status is None:
+            if self.connected:
+                self.connected = False
+                self.notify(f"connection lost: {message}; retrying on its own", title=title,
+                            severity="error", markup=False)
+            self.last_error = message
+            return
+        if message == self.last_error:
+            return
+        self.last_error = message
+        self.notify(message, title=title, severity="error", markup=False)
+
+
+def tasks_screen(app: Z4jApp) -> TasksScreen:
+    from z4j_tui.screens.tasks import TasksScreen
+
+    return TasksScreen(app.client, app.project, app.refresh_interval)
+
+
+register_screen(ScreenSpec("tasks", "Tasks", "1", tasks_screen, "Every task, newest first, live", order=0))
 
 
 def run(argv: Sequence[str] | None = None) -> None:

@@ -6,19 +6,17 @@ crash. Without a token, ``z4j-tui`` says in one line how to get one."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
-from rich.console import Console
 from textual.notifications import Notify
 from textual.widgets import DataTable, Input
 
 from tests.support.collector import mint_agent, mint_tokens
+from tests.tui.helpers import screen_text, until
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 from z4j_tui.app import Z4jApp
@@ -48,23 +46,6 @@ def emit_world(agent: Agent, now: float) -> None:
     agent.task("email-1", "received", ts=now - 200, name="emails.send", queue="default")
     agent.task("email-1", "started", ts=now - 199, worker="w2")
     agent.task("cleanup-1", "sent", ts=now - 100, name="maintenance.cleanup", queue="default")
-
-
-def screen_text(app: Z4jApp) -> str:
-    """What the terminal shows, as plain text: the same render as
-    ``App.export_screenshot``, recorded as text instead of SVG."""
-    width, height = app.size
-    console = Console(width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False)
-    console.print(app.screen._compositor.render_update(full=True))
-    return console.export_text()
-
-
-async def until(pilot, predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def row_ids(app: Z4jApp) -> list[str]:

@@ -37,9 +37,10 @@ class TaskDetailScreen(Screen[None]):
             self.task = task
 
     class Failed(Message):
-        def __init__(self, error: str) -> None:
+        def __init__(self, error: ClientError | str) -> None:
             super().__init__()
-            self.error = error
+            self.exc = error
+            self.error = str(error)
 
     def __init__(self, client: Client, project: str, engine: str, task_id: str) -> None:
         super().__init__()
@@ -73,7 +74,7 @@ class TaskDetailScreen(Screen[None]):
         try:
             task = await asyncio.to_thread(self.client.task, self.project, self.task_id, self.engine)
         except ClientError as exc:
-            self.post_message(self.Failed(str(exc)))
+            self.post_message(self.Failed(exc))
             return
         except ValueError as exc:  # a web server that is not a collector
             self.post_message(self.Failed(f"unexpected answer from {self.client.url}: {exc}"))
@@ -83,7 +84,7 @@ class TaskDetailScreen(Screen[None]):
     @on(Failed)
     def show_failure(self, message: Failed) -> None:
         self.query_one("#fields", Static).update(plain(message.error))
-        self.notify(message.error, title="collector", severity="error", markup=False)
+        self.app.report_error(message.exc)
 
     @on(Loaded)
     def show_task(self, message: Loaded) -> None:

@@ -66,9 +66,10 @@ class TasksScreen(Screen[None]):
     class Failed(Message):
         """A refresh worker got an error from the collector."""
 
-        def __init__(self, error: str) -> None:
+        def __init__(self, error: ClientError | str) -> None:
             super().__init__()
-            self.error = error
+            self.exc = error
+            self.error = str(error)
 
     def __init__(self, client: Client, project: str, refresh_interval: float = 2.0) -> None:
         super().__init__()
@@ -80,8 +81,6 @@ class TasksScreen(Screen[None]):
         self.rows: dict[str, tuple[Any, ...]] = {}
         """Cells by row key, in table order: what the table shows now."""
         self.tasks: dict[str, dict[str, Any]] = {}
-        self.last_error: str | None = None
-        """Shown once; a collector that stays down does not toast every refresh."""
         self.search_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
@@ -123,7 +122,7 @@ class TasksScreen(Screen[None]):
         try:
             tasks, counts = await asyncio.to_thread(fetch)
         except ClientError as exc:
-            self.post_message(self.Failed(str(exc)))
+            self.post_message(self.Failed(exc))
             return
         except (ValueError, KeyError, TypeError) as exc:  # a web server that is not a collector
             self.post_message(self.Failed(f"unexpected answer from {self.client.url}: {exc}"))
@@ -134,18 +133,16 @@ class TasksScreen(Screen[None]):
 
     @on(Loaded)
     def show_loaded(self, message: Loaded) -> None:
+        self.app.report_ok()
         if message.filter != self.filter:
             return  # an answer to a question nobody asks any more
-        self.last_error = None
         self.counts = message.counts
         self.show_counts()
         self.show_tasks(message.tasks)
 
     @on(Failed)
     def show_failure(self, message: Failed) -> None:
-        if message.error != self.last_error:
-            self.last_error = message.error
-            self.notify(message.error, title="collector", severity="error", markup=False)
+        self.app.report_error(message.exc)
 
     def show_counts(self) -> None:
         total = sum(self.counts.values())

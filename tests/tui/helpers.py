@@ -1,0 +1,28 @@
+"""What the console tests share: waiting on a Pilot, and the screen as text."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from textual.app import App
+
+
+def screen_text(app: App) -> str:
+    """What the terminal shows, as plain text: the same render as
+    ``App.export_screenshot``, recorded as text instead of SVG."""
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False)
+    console.print(app.screen._compositor.render_update(full=True))
+    return console.export_text()
+
+
+async def until(pilot, predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll (generous: the machine may be loaded) until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
