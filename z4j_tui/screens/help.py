@@ -40,7 +40,7 @@ class HelpScreen(ModalScreen[None]):
         title = screen.title or type(screen).__name__.removesuffix("Screen").lower()
         table.add_row(Text("this screen", style="underline"), Text(title, style="dim"))
         for key, binding in app.screen_bindings(screen):
-            table.add_row(key, Text(binding.tooltip or binding.description))
+            table.add_row(key, Text(binding.description + (f" — {binding.tooltip}" if binding.tooltip else "")))
         table.add_row("ctrl+p", "command palette: screens and actions by name")
         table.add_row("ctrl+q", "quit")
         return table

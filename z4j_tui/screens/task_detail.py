@@ -18,7 +18,8 @@ from textual.binding import Binding
 from textual.containers import ScrollableContainer, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Static
+from textual.widgets import Footer, Header, OptionList, Static
+from textual.widgets.option_list import Option
 
 from z4j_tui.client import Client, ClientError
 from z4j_tui.screens import plain, seconds, state_text, when
@@ -26,15 +27,21 @@ from z4j_tui.screens import plain, seconds, state_text, when
 FIELDS = ("task_id", "name", "engine", "state", "engine_state", "queue", "worker", "runtime", "retries",
           "created_at", "started_at", "finished_at", "parent_id", "root_id", "group_id", "chord_id")
 PAYLOADS = ("args", "kwargs", "result")
+CHILDREN = 20
+"""Children listed under links; the tree has them all."""
 
 
 class TaskDetailScreen(Screen[None]):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back")]
+    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back"),
+                Binding("t", "tree", "Tree", tooltip="The workflow tree (DAG) this task belongs to", id="detail-tree"),
+                Binding("l", "focus_links", "Links", tooltip="Parent, root and children: enter opens one",
+                        id="focus-links")]
 
     class Loaded(Message):
-        def __init__(self, task: dict[str, Any]) -> None:
+        def __init__(self, task: dict[str, Any], children: list[dict[str, Any]]) -> None:
             super().__init__()
             self.task = task
+            self.children = children
 
     class Failed(Message):
         def __init__(self, error: ClientError | str) -> None:
@@ -53,6 +60,7 @@ class TaskDetailScreen(Screen[None]):
         yield Header()
         with VerticalScroll(id="summary"):
             yield Static("loading…", id="fields", classes="section")
+            yield OptionList(id="links", classes="section")
             for name in (*PAYLOADS, "exception", "events"):
                 yield Static(id=name, classes="section")
         with ScrollableContainer(id="traceback-pane"):
@@ -62,7 +70,7 @@ class TaskDetailScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = self.task_id
         for section in self.query(".section"):
-            section.border_title = section.id if section.id != "fields" else "task"
+            section.border_title = {"fields": "task", "links": "links (l)"}.get(section.id or "", section.id)
             section.display = section.id == "fields"  # the others appear when there is something to show
         pane = self.query_one("#traceback-pane")
         pane.border_title = "traceback"
@@ -73,13 +81,15 @@ class TaskDetailScreen(Screen[None]):
     async def load(self) -> None:
         try:
             task = await asyncio.to_thread(self.client.task, self.project, self.task_id, self.engine)
+            page = await asyncio.to_thread(self.client.list_tasks, self.project, parent_id=self.task_id,
+                                           engine=self.engine, limit=CHILDREN)
         except ClientError as exc:
             self.post_message(self.Failed(exc))
             return
         except ValueError as exc:  # a web server that is not a collector
             self.post_message(self.Failed(f"unexpected answer from {self.client.url}: {exc}"))
             return
-        self.post_message(self.Loaded(task))
+        self.post_message(self.Loaded(task, page["tasks"]))
 
     @on(Failed)
     def show_failure(self, message: Failed) -> None:
@@ -88,7 +98,9 @@ class TaskDetailScreen(Screen[None]):
 
     @on(Loaded)
     def show_task(self, message: Loaded) -> None:
+        self.app.report_ok()
         task = message.task
+        self.show_links(task, message.children)
         self.sub_title = f"{task['name'] or ''}  {task['task_id']}"
         self.query_one("#fields", Static).update(self.fields_table(task))
         for name in PAYLOADS:
@@ -98,6 +110,38 @@ class TaskDetailScreen(Screen[None]):
         self.query_one("#traceback", Static).update(self.highlight(task.get("traceback") or "", "pytb"))
         self.query_one("#traceback-pane").display = bool(task.get("traceback"))
         self.set_class(not task.get("traceback"), "-no-traceback")
+
+    def show_links(self, task: dict[str, Any], children: list[dict[str, Any]]) -> None:
+        links = self.query_one("#links", OptionList)
+        links.clear_options()
+        variables = self.app.get_css_variables()
+        for role in ("parent", "root"):
+            linked = task.get(f"{role}_id")
+            if linked and linked != task["task_id"]:
+                links.add_option(Option(Text.assemble((f"{role:<7}", "bold"), linked), id=f"{role}:{linked}"))
+        for child in children:
+            label = Text.assemble(("child  ", "bold"), child["task_id"], "  ", plain(child.get("name")), "  ",
+                                  state_text(child["state"], variables))
+            links.add_option(Option(label, id=f"child:{child['task_id']}"))
+        if len(children) == CHILDREN:
+            links.add_option(Option(Text(f"… the first {CHILDREN} children; t shows the whole tree", style="dim"),
+                                    disabled=True))
+        links.display = links.option_count > 0
+
+    def action_focus_links(self) -> None:
+        links = self.query_one("#links", OptionList)
+        if links.display:
+            links.focus()
+
+    def action_tree(self) -> None:
+        from z4j_tui.screens.dag import DagScreen
+
+        self.app.push_screen(DagScreen(self.client, self.project, self.engine, self.task_id))
+
+    @on(OptionList.OptionSelected, "#links")
+    def open_link(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id:
+            self.app.open_task(self.engine, event.option.id.partition(":")[2])
 
     def show_section(self, name: str, value: Any, render: Callable[[Any], RenderableType]) -> None:
         section = self.query_one(f"#{name}", Static)
