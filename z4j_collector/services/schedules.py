@@ -503,7 +503,8 @@ class Schedules:
 
     def _check_writable(self, row: dict[str, Any]) -> None:
         if row["source"] == "code":
-            raise Conflict(f"schedule {row['name']!r} is defined in beat_schedule in code (read-only): change it "
+            where = "in beat_schedule in code" if row["engine"] == "celery" else f"in code ({row['engine']})"
+            raise Conflict(f"schedule {row['name']!r} is defined {where} (read-only): change it "
                            "there; it can still be triggered", code="read_only")
 
     async def _change(self, project_id: int, engine: str, action: str, target: str, actor: Actor,
