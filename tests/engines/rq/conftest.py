@@ -81,12 +81,23 @@ class Worker:
             self.kill()
             return None
 
+    def horse_pids(self) -> list[int]:
+        """The worker's work horses (each in a process group of its own, as RQ makes them)."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in out.split()]
+
     def kill(self) -> None:
+        """SIGKILL to the worker's process group and to its work horse: as when the machine dies."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            horses = self.horse_pids()
+            for kill in (lambda: os.killpg(self.proc.pid, signal.SIGKILL),
+                         *(lambda pid=pid: os.kill(pid, signal.SIGKILL) for pid in horses)):
+                try:
+                    kill()
+                except ProcessLookupError:
+                    pass
             self.proc.wait(10)
 
 
