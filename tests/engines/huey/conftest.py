@@ -1,0 +1,163 @@
+"""Real Huey consumers for the engine tests: `huey_consumer tests.engines.huey.proj.huey` subprocesses
+on the session's redis-server (RedisHuey) or a SQLite file (SqliteHuey), reporting to a real collector.
+
+Each test module shares one collector per database (SQLite, PostgreSQL) and
+runs its checks on both Huey storages under it (:func:`open_world`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.engines.celery.conftest import Stack as CeleryStack
+from tests.engines.celery.conftest import Worker, celery_env
+from tests.support.collector import Collector, mint_agent
+
+ROOT = Path(__file__).resolve().parents[3]
+CONSUMER = [sys.executable, "-m", "huey.bin.huey_consumer", "tests.engines.huey.proj.huey"]
+BOOTSTRAP_LINE = "z4j consumer bootstrap: agent runtime started"
+DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
+STORAGES = ("redis", "sqlite")
+P = "/api/v1/projects/default"
+
+pytestmark = pytest.mark.engine("huey")
+
+
+class Consumer(Worker):
+    """One `huey_consumer` process group (the Celery tests' process handling); output in a log file."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, *, workers: int = 2, kind: str = "thread",
+                 periodic: bool = True, label: str | None = None) -> None:
+        self.name = label or f"c{uuid.uuid4().hex[:6]}"
+        self.log_path = log_dir / f"huey-{self.name}.log"
+        self.cmd = [*CONSUMER, "-w", str(workers), "-k", kind, "-d", "0.05", "-m", "0.2", *(() if periodic else ("-n",))]
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def worker(self) -> str:
+        """The consumer's worker name in z4j: <huey name>@<host>:<pid>."""
+        assert self.proc is not None
+        return f"{self.env['Z4J_TEST_HUEY_NAME']}@{socket.gethostname()}:{self.proc.pid}"
+
+    def start(self, ready: str = BOOTSTRAP_LINE, timeout: float = 60.0) -> Consumer:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=ROOT)
+        self.wait_log(ready, timeout)
+        return self
+
+
+class Stack(CeleryStack):
+    """A collector, agent credentials ("h1") and an admin API client, for the engine huey."""
+
+    def __init__(self, collector: Collector, name: str = "h1") -> None:
+        super().__init__(collector, "", name)
+
+    def task(self, task_id: str) -> dict | None:
+        r = self.api.get(f"{P}/tasks/{task_id}", params={"engine": "huey"})
+        return r.json() if r.status_code == 200 else None
+
+    def tasks(self, **params) -> list[dict]:
+        return super().tasks(**{"engine": "huey", **params})
+
+    def queues(self) -> dict[str, dict]:
+        return {q["name"]: q for q in self.api.get(f"{P}/queues").raise_for_status().json() if q["engine"] == "huey"}
+
+    def connections(self, name: str = "h1") -> int:
+        return super().connections(name)
+
+
+class Side:
+    """One Huey storage under one collector: the consumer, a producer Huey in
+    this process (with the agent installed, its own credentials) and the env."""
+
+    def __init__(self, storage: str, stack: Stack, tmp: Path, redis_url: str, label: str) -> None:
+        from tests.engines.huey import proj
+
+        self.storage = storage
+        self.stack = stack
+        self.name = f"{label}-{storage}-{uuid.uuid4().hex[:6]}"
+        self.db = str(tmp / f"{self.name}.db")
+        self.redis_url = redis_url
+        self.huey = proj.make(storage, self.name, redis_url=redis_url, db=self.db)
+        self.consumer: Consumer | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return celery_env(self.redis_url, self.stack.collector.agent_env(self.stack.creds),
+                          Z4J_TEST_HUEY_STORAGE=self.storage, Z4J_TEST_HUEY_NAME=self.name, Z4J_TEST_HUEY_DB=self.db,
+                          **extra)
+
+    def start(self, tmp: Path, **options) -> Consumer:
+        env = self.env(Z4J_HUEY_HEARTBEAT_S="1", Z4J_HUEY_QUEUE_DEPTH_S="0.3")
+        self.consumer = Consumer(env, tmp, label=self.name, **options).start()
+        return self.consumer
+
+    def produce(self, config) -> None:
+        """Install the agent on this process's producer Huey (reporting what it enqueues)."""
+        from z4j_agents.huey import install
+
+        install(self.huey, config)
+
+    def task(self, name: str):
+        """The producer's task ``proj.<name>`` (a Huey TaskWrapper: call it, .s(), .then())."""
+        return self.huey.tasks[name]
+
+    def close(self) -> None:
+        from z4j_agents.huey import stop
+
+        if self.consumer is not None:
+            self.consumer.kill()
+        stop(self.huey, 2.0)
+
+
+def open_world(request, tmp_path_factory, label: str, **collector_env):
+    """(stack, {storage: Side}) for a module fixture parametrized by database."""
+    from tests.support.collector import module_collector
+    from z4j_agents.config import AgentConfig, gateway_url
+
+    collector = module_collector(request, tmp_path_factory, label, **collector_env)
+    redis_server = request.getfixturevalue("redis_server")
+    tmp = tmp_path_factory.mktemp(f"{label}-huey")
+    stack = Stack(collector)
+    producer = stack.producer = mint_agent(collector, "producer")
+    config = AgentConfig(brain_url=gateway_url(collector.url), token=producer["token"],
+                         hmac_secret=producer["hmac_secret"], agent_name="producer")
+    sides = {s: Side(s, stack, tmp, redis_server.url, label) for s in STORAGES}
+    for side in sides.values():
+        request.addfinalizer(side.close)
+        side.produce(config)
+    return stack, sides, tmp
+
+
+def stored_replay(db_url: str, task_id: str) -> list[bytes]:
+    """Every sealed call the collector stores on the events of a task, read straight from the database."""
+    import base64
+    import json
+    import sqlite3
+
+    if db_url.startswith("sqlite"):
+        conn = sqlite3.connect(db_url.split("sqlite:///", 1)[1])
+        try:
+            rows = conn.execute("SELECT data FROM task_events WHERE engine='huey' AND task_id=?", (task_id,)).fetchall()
+        finally:
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(db_url) as conn:
+            rows = conn.execute("SELECT data FROM task_events WHERE engine='huey' AND task_id=%s",
+                                (task_id,)).fetchall()
+    out = []
+    for (data,) in rows:
+        event = json.loads(bytes(data) if not isinstance(data, str) else data)
+        if event.get("replay"):
+            out.append(base64.b64decode(event["replay"]))
+    return out
