@@ -28,7 +28,6 @@ import time
 import uuid
 from typing import Any
 
-from z4j_agents import protocol as p
 from z4j_agents import replay
 from z4j_agents.arq import capture
 from z4j_agents.runtime import CommandError

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from arq.jobs import serialize_job
+
 from z4j_agents import replay
 
 CALL_VERSION = 1
@@ -27,8 +29,6 @@ CALL_VERSION = 1
 
 def job_bytes(function: str, args: tuple, kwargs: dict, serializer: Any) -> bytes:
     """arq's own encoding of a call (what ``enqueue_job`` writes to ``arq:job:<id>``)."""
-    from arq.jobs import serialize_job
-
     return serialize_job(function, tuple(args), dict(kwargs), None, 0, serializer=serializer)
 
 

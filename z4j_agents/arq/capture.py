@@ -34,6 +34,8 @@ from collections import deque
 from datetime import datetime, timedelta
 from typing import Any
 
+from z4j_agents.arq.call import job_bytes
+
 log = logging.getLogger("z4j.arq")
 
 ENGINE = "arq"
@@ -112,8 +114,6 @@ def _sent(pool: Any, function: str, args: tuple, kwargs: dict, job_id: str) -> N
     agent = _agent_for_enqueue()
     if agent is None:
         return
-    from z4j_agents.arq.call import job_bytes
-
     call_kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED}
     queue = kwargs.get("_queue_name") or getattr(pool, "default_queue_name", None)
     now = time.time()
@@ -207,8 +207,6 @@ class WorkerCapture:
 
     def started(self, name: str, job_id: str, ctx: dict, args: tuple, kwargs: dict) -> None:
         try:
-            from z4j_agents.arq.call import job_bytes
-
             job_try = ctx.get("job_try") or 1
             fields: dict[str, Any] = {"name": name, "queue": self.queue, "worker": self.name, "args": list(args),
                                       "kwargs": kwargs, "engine_state": "in_progress", "retries": job_try - 1}

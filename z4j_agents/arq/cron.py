@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from z4j_agents.arq import capture
+from z4j_agents.arq.call import job_bytes
 from z4j_agents.runtime import CommandError
 
 SCHEDULER = "arq-cron"
@@ -113,12 +114,6 @@ class CronSchedules:
         actor = args.get("actor") if isinstance(args.get("actor"), str) else None
         capture.note("sent", job_id, {"name": name, "queue": worker.queue_name, "args": [], "kwargs": {},
                                       "engine_state": "queued", "extra": {"schedule": name, "manual": True}},
-                     (name, worker.queue_name, _job_bytes(name, worker)), now)
+                     (name, worker.queue_name, job_bytes(name, (), {}, worker.job_serializer)), now)
         fire = self.agent.cron_fired(name, job_id, now, manual=True, actor=actor)
         return {"task_id": job_id, "fire": fire}
-
-
-def _job_bytes(name: str, worker: Any) -> bytes:
-    from z4j_agents.arq.call import job_bytes
-
-    return job_bytes(name, (), {}, worker.job_serializer)

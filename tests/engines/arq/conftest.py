@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,11 +15,15 @@ import httpx
 import pytest
 
 from tests.engines.celery.conftest import Worker as ProcessWorker
-from tests.support.collector import Collector, mint_agent, mint_tokens, wait_until
+from tests.support.collector import Collector, mint_agent, mint_tokens, module_collector, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
 P = "/api/v1/projects/default"
+DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
+OPERATOR = "ops@example.com"
+PASSWORD = "operator-password-1"
+OFFLINE_S = 4
 
 pytestmark = pytest.mark.engine("arq")
 
@@ -118,3 +121,59 @@ class Stack:
 
     def audit(self, action: str) -> list[dict]:
         return self.api.get(f"{P}/audit", params={"action": action}).raise_for_status().json()["entries"]
+
+
+# ------------------------------------------------------------------ one world per test module and database
+
+
+class World:
+    def __init__(self, stack: Stack, main: Worker, noabort: Worker, producer_env: dict, operator: httpx.Client,
+                 viewer: httpx.Client, user_id: int, tmp) -> None:
+        self.stack, self.main, self.noabort, self.producer_env = stack, main, noabort, producer_env
+        self.operator, self.viewer, self.user_id, self.tmp = operator, viewer, user_id, tmp
+        self.redis = redis_client(stack.redis_url)
+
+    def post(self, path: str, body: dict | None = None, api: httpx.Client | None = None) -> httpx.Response:
+        return (api or self.operator).post(f"{P}/{path}", json=body or {})
+
+    def command(self, path: str, body: dict | None = None) -> dict:
+        response = self.post(path, {"wait": 20, **(body or {})})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def ok(self, path: str, body: dict | None = None) -> dict:
+        command = self.command(path, body)
+        assert command["state"] == "succeeded", (command["error"], command)
+        return command
+
+    def produce(self, *calls: dict) -> list[str]:
+        return produce(self.producer_env, list(calls))
+
+    def runs(self, key: str) -> list[dict]:
+        return [json.loads(x) for x in self.redis.lrange(f"ran:{key}", 0, -1)]
+
+
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
+def world(request, redis_server, tmp_path_factory):
+    redis_server.flushall()
+    collector = module_collector(request, tmp_path_factory, "arq", Z4J_RECONCILE_INTERVAL_S=1,
+                                 Z4J_RECONCILE_WORKER_OFFLINE_S=OFFLINE_S)
+    tmp = tmp_path_factory.mktemp(f"arq-workers-{request.param}")
+    stack = Stack(collector, redis_server.url)
+    root = httpx.Client(base_url=collector.url, timeout=30,
+                        headers={"Authorization": f"Bearer {collector.first_superuser()}"})
+    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
+    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
+    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    viewer = collector.api(mint_tokens(collector, "viewer")["viewer"])
+    fast = {"Z4J_ARQ_HEARTBEAT_S": "1", "Z4J_ARQ_QUEUE_DEPTH_S": "0.5"}
+    main = Worker(stack.env("w1", Z4J_ARQ_QUEUES="idle", **fast), tmp, name="main")
+    noabort = Worker(stack.env("w2", **fast), tmp, settings="NoAbortSettings", queue="noabort", name="noabort")
+    request.addfinalizer(main.kill)
+    request.addfinalizer(noabort.kill)
+    main.start()
+    noabort.start()
+    for name in ("w1", "w2"):
+        wait_until(lambda name=name: any(a["name"] == name and a["connected"]
+                                         for a in stack.api.get(f"{P}/agents").json()), what=f"agent {name}")
+    return World(stack, main, noabort, stack.env("producer"), operator, viewer, user_id, tmp)
