@@ -183,7 +183,13 @@ class ActionService:
             raise Conflict(f"task {task_id} is running; revoking it would not stop it: pass terminate=true "
                            "and confirm=true to kill it", code="task_running")
         action = f"{task['engine']}.cancel"
-        agent_id = self._route(project_id, action, [task["agent_id"]])
+        # The agent that reported the task, else one that reports its queue: a
+        # task only a producer's agent has seen is revoked by its queue's worker.
+        preferred = [task["agent_id"]]
+        if task["queue"]:
+            preferred += [a for e, a in await sql.reporting_agents(self.store, project_id, "queues", task["queue"])
+                          if e == task["engine"]]
+        agent_id = self._route(project_id, action, preferred)
         args = {"task_id": task_id, "terminate": terminate, **({"queue": task["queue"]} if task["queue"] else {})}
         return await self.commands.send(project_id, action, args,
                                         actor=actor, agent_id=agent_id, engine=task["engine"], wait_s=wait_s)
