@@ -22,9 +22,19 @@ from z4j_agents import replay
 CALL_VERSION = 1
 
 
+def encode(message: Any) -> bytes:
+    """``message.encode()``, byte for byte, without ``dataclasses.asdict`` (a third of the hook's cost)."""
+    from dramatiq.message import get_encoder
+
+    return get_encoder().encode({
+        "queue_name": message.queue_name, "actor_name": message.actor_name, "args": message.args,
+        "kwargs": message.kwargs, "options": message.options, "message_id": message.message_id,
+        "message_timestamp": message.message_timestamp})
+
+
 def seal_message(secret: str, message: Any, queue: str) -> bytes:
     return replay.seal(secret, {"v": CALL_VERSION, "engine": "dramatiq", "id": message.message_id,
-                                "actor": message.actor_name, "queue": queue, "message": message.encode()})
+                                "actor": message.actor_name, "queue": queue, "message": encode(message)})
 
 
 def open_call(secret: str, blob: bytes) -> dict[str, Any]:

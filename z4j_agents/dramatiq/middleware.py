@@ -26,6 +26,10 @@ Dramatiq re-enqueues a retry under the same message id, so a retry is one
 task with attempts (``retries``), never a new task. Enqueues made by a
 consumer thread (a delayed message whose time came) are not events.
 
+Sealing: a message is sealed for retries where it is enqueued by a process
+with the middleware (which marks it ``z4j_sealed``), else where a worker
+first starts it.
+
 DAG: a message enqueued while a worker thread processes another (a pipeline's
 next step, a group's completion callback, ``on_retry_exhausted``, a message
 sent by an actor) gets that message as ``parent_id`` and its root as
@@ -52,7 +56,7 @@ from z4j_agents.config import AgentConfig, ConfigError
 log = logging.getLogger("z4j.dramatiq")
 
 ENGINE = "dramatiq"
-PARENT, ROOT, RETRY_OF = "z4j_parent", "z4j_root", "z4j_retry_of"
+PARENT, ROOT, RETRY_OF, SEALED = "z4j_parent", "z4j_root", "z4j_retry_of", "z4j_sealed"
 
 
 def _q(name: str) -> str:
@@ -229,9 +233,11 @@ class Z4JMiddleware(Middleware):
                 options[ROOT] = current[1]
             from z4j_agents.dramatiq.call import seal_message
 
+            sealed = seal_message(agent.config.hmac_secret, message, queue)
+            options[SEALED] = 1  # the worker need not seal it again
             tls.pending = self._event(message, "sent", "DELAYED" if delay else "ENQUEUED", queue=queue, eta=eta,
                                       args=message.args, kwargs=message.kwargs, retries=options.get("retries"),
-                                      replay=seal_message(agent.config.hmac_secret, message, queue))
+                                      replay=sealed)
         except Exception:  # noqa: BLE001
             log.exception("z4j dramatiq: before_enqueue failed")
 
@@ -258,7 +264,7 @@ class Z4JMiddleware(Middleware):
             tls.started = time.monotonic()
             agent.active += 1
             replay = None
-            if not options.get("retries"):
+            if not options.get("retries") and not options.get(SEALED):
                 from z4j_agents.dramatiq.call import seal_message
 
                 replay = seal_message(agent.config.hmac_secret, message, _q(message.queue_name))
