@@ -26,6 +26,7 @@ For screen authors, what the app offers (keep to these, they stay stable):
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import pkgutil
 import sys
@@ -34,11 +35,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from z4j_tui.client import Client, ClientError
+from z4j_tui import credentials
+from z4j_tui.client import SESSION_GONE, Client, ClientError
 from z4j_tui.config import ConfigError, Settings
 
 if TYPE_CHECKING:
@@ -65,6 +68,9 @@ class ScreenSpec:
     order: int = 50
     """Place in the help screen and the palette (tasks is 0)."""
 
+
+SIGNED_OUT = "signed-out"
+"""The mode (an empty screen) behind the login prompt after a logout."""
 
 SCREENS: dict[str, ScreenSpec] = {}
 """Registered screens by name."""
@@ -98,6 +104,9 @@ class Z4jApp(App[None]):
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", id="help"),
         Binding("ctrl+t", "toggle_dark", "Light/dark", show=False, id="toggle-dark"),
+        Binding("P", "switch_project", "Project", show=False, tooltip="Switch to another project", id="project"),
+        Binding("L", "logout", "Log out", show=False, tooltip="End this session and forget the stored login",
+                id="logout"),
     ]
 
     def __init__(self, client: Client, project: str = "default", *, refresh_interval: float = 2.0,
@@ -114,12 +123,16 @@ class Z4jApp(App[None]):
             self.bind(spec.key, f"goto('{spec.name}')", description=spec.title, show=False)
         self.last_error: str | None = None
         self.connected = True
+        self.logging_in = False
 
     # ---------------------------------------------------------------- navigation
 
     def on_mount(self) -> None:
         self.show_subtitle()
-        self.goto("tasks")
+        if self.client.token:
+            self.goto("tasks")
+        else:
+            self.prompt_login(f"log in to {self.client.url}")
 
     def show_subtitle(self) -> None:
         self.sub_title = f"{self.project} · {self.client.url}"
@@ -142,6 +155,75 @@ class Z4jApp(App[None]):
         from z4j_tui.screens.task_detail import TaskDetailScreen
 
         self.push_screen(TaskDetailScreen(self.client, self.project, engine, task_id))
+
+    def switch_project(self, project: str) -> None:
+        """Show the new project's tasks; the old project's screens go (their streams stop)."""
+        if project == self.project:
+            return
+        old = self.project
+        self.project = project
+        self.last_error = None
+        self.show_subtitle()
+        self.goto("tasks")
+        for mode in [m for m in self._modes if m.startswith(f"{old}:")]:
+            self.remove_mode(mode)
+
+    def action_switch_project(self) -> None:
+        from z4j_tui.screens.login import ProjectScreen
+
+        self.push_screen(ProjectScreen(self.client, self.project),
+                         lambda slug: self.switch_project(slug) if slug else None)
+
+    # ---------------------------------------------------------------- sessions
+
+    def set_token(self, token: str) -> None:
+        self.client.token = token
+        if token:
+            self.client.http.headers["Authorization"] = f"Bearer {token}"
+        else:
+            self.client.http.headers.pop("Authorization", None)
+
+    def prompt_login(self, reason: str) -> None:
+        """Ask for e-mail and password over whatever is shown; carry on there once logged in."""
+        from z4j_tui.screens.login import LoginScreen
+
+        if self.logging_in:
+            return
+        self.logging_in = True
+
+        def done(token: str | None) -> None:
+            self.logging_in = False
+            if token:
+                self.set_token(token)
+                self.last_error = None
+                self.notify("logged in", title="z4j")
+                if self.current_mode in ("_default", SIGNED_OUT):
+                    self.goto("tasks")
+                # else the screen below resumes and refetches
+            elif not self.client.token:
+                self.exit(message=f"not logged in to {self.client.url}")
+
+        self.push_screen(LoginScreen(self.client, reason), done)
+
+    def action_logout(self) -> None:
+        self.logout()
+
+    @work(exclusive=True, group="logout")
+    async def logout(self) -> None:
+        try:
+            await asyncio.to_thread(self.client.logout)
+        except ClientError as exc:  # an API token cannot log out; a dead session is out already
+            if exc.status not in (400, 401, 403):
+                self.report_error(exc)
+        await asyncio.to_thread(credentials.forget, self.client.url)
+        self.set_token("")
+        if SIGNED_OUT not in self._modes:
+            self.add_mode(SIGNED_OUT, Screen)
+        await self.switch_mode(SIGNED_OUT)
+        for mode in [m for m in self._modes if m != SIGNED_OUT]:
+            await self.remove_mode(mode)
+        self.notify("logged out", title="z4j")
+        self.prompt_login(f"logged out of {self.client.url}: log in again")
 
     def action_help(self) -> None:
         from z4j_tui.screens.help import HelpScreen
@@ -200,6 +282,12 @@ class Z4jApp(App[None]):
                             severity="error", markup=False)
             self.last_error = message
             return
+        if isinstance(error, ClientError) and error.status == 401 and (
+                error.code in SESSION_GONE or (error.code == "unauthorized" and not self.client.token)):
+            self.last_error = message
+            self.prompt_login("session expired: log in again" if self.client.token else
+                              f"log in to {self.client.url}")
+            return
         if message == self.last_error:
             return
         self.last_error = message
@@ -217,7 +305,7 @@ register_screen(ScreenSpec("tasks", "Tasks", "1", tasks_screen, "Every task, new
 
 def run(argv: Sequence[str] | None = None) -> None:
     try:
-        settings = Settings.from_args(argv)
+        settings = Settings.from_args(argv, require_token=False)
     except ConfigError as exc:
         sys.stderr.write(f"z4j-tui: {exc}\n")
         raise SystemExit(2) from None

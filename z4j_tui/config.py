@@ -34,7 +34,9 @@ class Settings:
     """Slug of the project whose tasks are shown."""
 
     @classmethod
-    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_args(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None, *,
+                  require_token: bool = True) -> Settings:
+        """``require_token=False``: the console, which asks for a login itself; the token is then ""."""
         env = os.environ if environ is None else environ
         parser = argparse.ArgumentParser(prog="z4j-tui", description="z4j terminal console.")
         parser.add_argument("--url", default=None,
@@ -48,6 +50,6 @@ class Settings:
             token = credentials.resolve_token(url, env)
         except credentials.CredentialsError as exc:
             raise ConfigError(str(exc)) from None
-        if not token:
+        if not token and require_token:
             raise ConfigError(NO_TOKEN.format(url=url))
-        return cls(url=url, token=token, project=args.project)
+        return cls(url=url, token=token or "", project=args.project)

@@ -117,7 +117,7 @@ class TaskDetailScreen(Screen[None]):
         variables = self.app.get_css_variables()
         for role in ("parent", "root"):
             linked = task.get(f"{role}_id")
-            if linked and linked != task["task_id"]:
+            if linked and linked != task["task_id"] and not (role == "root" and linked == task.get("parent_id")):
                 links.add_option(Option(Text.assemble((f"{role:<7}", "bold"), linked), id=f"{role}:{linked}"))
         for child in children:
             label = Text.assemble(("child  ", "bold"), child["task_id"], "  ", plain(child.get("name")), "  ",

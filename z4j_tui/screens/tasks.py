@@ -144,7 +144,9 @@ class Stamp(str):
 
 class TaskTable(DataTable):
     # DataTable's own enter binding is hidden; this one shows in the footer.
-    BINDINGS = [Binding("enter", "select_cursor", "Open", id="open-task")]
+    BINDINGS = [Binding("enter", "select_cursor", "Open", id="open-task"),
+                Binding("end", "scroll_bottom", "Last", show=False, tooltip="The last row (loads older pages)"),
+                Binding("home", "scroll_top", "First", show=False, tooltip="The first row")]
 
 
 class TasksScreen(Screen[None]):
@@ -429,7 +431,7 @@ class TasksScreen(Screen[None]):
             value = value or ""
         return value
 
-    def show_tasks(self, tasks: dict[str, dict[str, Any]]) -> None:
+    def show_tasks(self, tasks: dict[str, dict[str, Any]], resort: bool = False) -> None:
         """Show these rows (in the sort order), changing only what changed; the cursor stays on its task."""
         table = self.query_one("#tasks", DataTable)
         variables = self.app.get_css_variables()
@@ -455,7 +457,7 @@ class TasksScreen(Screen[None]):
                         table.update_cell(key, column, after)
         self.cells_shown = cells
         field, descending = self.sort
-        if added or gone or field != "created":
+        if resort or added or gone or field != "created":
             table.sort("created", key=lambda stamp: self.sort_value(stamp.key), reverse=descending)
         if current in cells:  # the cursor stays on its task, wherever that moved
             table.move_cursor(row=table.get_row_index(current), animate=False)
@@ -495,7 +497,7 @@ class TasksScreen(Screen[None]):
     def action_cycle_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
         self.show_counts()
-        self.show_tasks(self.tasks)
+        self.show_tasks(self.tasks, resort=True)
 
     def action_clear_filter(self) -> None:
         self.query_one("#filter", Input).value = ""
