@@ -89,6 +89,10 @@ class HueyActions:
         if args.get("terminate"):
             raise CommandError("Huey cannot stop a running task (revoking only skips a task that has not started); "
                                "nothing was changed")
+        queue = args.get("queue")
+        if isinstance(queue, str) and queue and queue != self.huey.name:
+            raise CommandError(f"task {task_id} is on Huey {queue!r}, this consumer runs {self.huey.name!r}; "
+                               "nothing was changed")
         self.huey.revoke_by_id(task_id, revoke_once=True)
         # The consumer says REVOKED when it comes to the task; say it now, as
         # Celery's cancel does for a queued task.

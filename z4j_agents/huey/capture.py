@@ -165,7 +165,7 @@ class Binding:
             if retry_of:
                 extra["retry_of"] = retry_of
             if _is_fire(task, ctx):
-                extra["schedule"] = name
+                extra["schedule"] = f"{self.huey.name}:{name}"  # schedules.schedule_name
                 if getattr(tls, "manual", False):
                     extra["manual"] = True
             self.emit(self._event(

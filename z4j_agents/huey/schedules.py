@@ -55,9 +55,11 @@ class HueySchedules:
         self.agent = agent
 
     def _classes(self) -> dict[str, type]:
+        """Schedule name -> periodic task class. A schedule is named
+        ``<huey name>:<task name>``: unique when several Huey applications
+        report to one project."""
         huey = self.agent.huey
-        registry = huey._registry
-        return {registry.task_to_string(cls): cls for cls in list(registry._periodic_tasks)}
+        return {schedule_name(huey, cls): cls for cls in list(huey._registry._periodic_tasks)}
 
     def _class(self, args: dict[str, Any]) -> tuple[str, type]:
         name = args.get("name")
@@ -65,17 +67,18 @@ class HueySchedules:
             raise CommandError("name must be 1 to 200 characters")
         cls = self._classes().get(name)
         if cls is None:
-            raise CommandError(f"no periodic task named {name!r} in this consumer (Huey periodic tasks are "
-                               "defined in code)")
+            raise CommandError(f"no periodic task {name!r} in this consumer (Huey periodic tasks are defined "
+                               "in code)")
         return name, cls
 
     def _entry(self, name: str, cls: type, now: float | None = None) -> dict[str, Any]:
         huey = self.agent.store
+        task = self.agent.huey._registry.task_to_string(cls)
         sets = cron_sets(cls)
-        spec = to_spec(sets) if sets is not None else {"kind": "other", "text": f"validate_datetime of {name}"}
+        spec = to_spec(sets) if sets is not None else {"kind": "other", "text": f"validate_datetime of {task}"}
         last, count = self.agent.runs.get(name, (None, 0))
         return {
-            "name": name, "task": name, "schedule": spec, "args": [], "kwargs": {}, "queue": huey.name,
+            "name": name, "task": task, "schedule": spec, "args": [], "kwargs": {}, "queue": huey.name,
             "options": {}, "enabled": not huey.is_revoked(cls, peek=True), "code": False, "redacted": False,
             "next_run_at": next_run(sets, huey.utc, now) if sets is not None else None,
             "last_run_at": last, "total_run_count": count,
@@ -127,8 +130,13 @@ class HueySchedules:
         finally:
             tls.manual = False
         actor = args.get("actor") if isinstance(args.get("actor"), str) else None
-        fire = self.agent.fired(name, name, task.id, time.time(), manual=True, actor=actor)
+        fire = self.agent.fired(name, self.agent.binding.name_of(task), task.id, time.time(), manual=True,
+                                actor=actor)
         return {"task_id": task.id, "fire": fire}
+
+
+def schedule_name(huey: Any, cls: type) -> str:
+    return f"{huey.name}:{huey._registry.task_to_string(cls)}"
 
 
 # ------------------------------------------------------------------ crontab

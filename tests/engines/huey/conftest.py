@@ -56,9 +56,9 @@ class Consumer(Worker):
 
 
 class Stack(CeleryStack):
-    """A collector, agent credentials ("h1") and an admin API client, for the engine huey."""
+    """A collector and an admin API client, for the engine huey (agent credentials: per :class:`Side`)."""
 
-    def __init__(self, collector: Collector, name: str = "h1") -> None:
+    def __init__(self, collector: Collector, name: str = "spare") -> None:
         super().__init__(collector, "", name)
 
     def task(self, task_id: str) -> dict | None:
@@ -71,19 +71,20 @@ class Stack(CeleryStack):
     def queues(self) -> dict[str, dict]:
         return {q["name"]: q for q in self.api.get(f"{P}/queues").raise_for_status().json() if q["engine"] == "huey"}
 
-    def connections(self, name: str = "h1") -> int:
-        return super().connections(name)
-
 
 class Side:
-    """One Huey storage under one collector: the consumer, a producer Huey in
-    this process (with the agent installed, its own credentials) and the env."""
+    """One Huey application (storage and queue name) under one collector: its
+    consumer with its own agent credentials (``agent``: commands about its
+    tasks go to it), a producer Huey in this process (the agent installed,
+    credentials ``producer``) and the consumer's environment."""
 
     def __init__(self, storage: str, stack: Stack, tmp: Path, redis_url: str, label: str) -> None:
         from tests.engines.huey import proj
 
         self.storage = storage
         self.stack = stack
+        self.agent = f"huey-{storage}"
+        self.creds = mint_agent(stack.collector, self.agent)
         self.name = f"{label}-{storage}-{uuid.uuid4().hex[:6]}"
         self.db = str(tmp / f"{self.name}.db")
         self.redis_url = redis_url
@@ -91,7 +92,7 @@ class Side:
         self.consumer: Consumer | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
-        return celery_env(self.redis_url, self.stack.collector.agent_env(self.stack.creds),
+        return celery_env(self.redis_url, self.stack.collector.agent_env(self.creds),
                           Z4J_TEST_HUEY_STORAGE=self.storage, Z4J_TEST_HUEY_NAME=self.name, Z4J_TEST_HUEY_DB=self.db,
                           **extra)
 

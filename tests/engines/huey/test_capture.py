@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.engines.huey.conftest import BOOTSTRAP_LINE, DBS, STORAGES, Consumer, stored_replay
+from tests.engines.huey.conftest import BOOTSTRAP_LINE, DBS, Consumer, stored_replay
 from tests.engines.huey.proj import runs
 from tests.support.collector import wait_until
 from z4j_agents.huey.call import open_call
@@ -52,11 +52,12 @@ def test_activation_live_tasks_and_results(world):
         assert detail["engine_state"] == "COMPLETE" and detail["queue"] == side.name
         assert detail["worker"] == side.consumer.worker and detail["args"] == [3, 3]
         assert detail["sent_at"] is not None and detail["started_at"] >= detail["sent_at"]
-    assert stack.connections("h1") == len(STORAGES)
+        assert stack.connections(side.agent) == 1
     # the producer's agent started at its first enqueue
     agents = wait_until(lambda: {a["name"]: a for a in stack.api.get("/api/v1/projects/default/agents").json()
                                  if a["connected"]}, what="agents connected")
-    assert set(agents) == {"h1", "producer"} and all(a["engines"] == ["huey"] for a in agents.values())
+    assert set(agents) == {*(s.agent for s in sides.values()), "producer"}
+    assert all(a["engines"] == ["huey"] for a in agents.values())
 
 
 def test_failure_keeps_the_full_traceback_and_retries_are_captured(world):
@@ -95,7 +96,7 @@ def test_secret_kwargs_are_redacted_but_the_sealed_call_is_exact(world):
         # sealed twice: by the producer at enqueue and by the consumer when it ran, each with its own secret
         blobs = wait_until(lambda: len(b := stored_replay(db_url, r.id)) == 2 and b, what="two sealed calls")
         calls = []
-        for secret in (stack.producer["hmac_secret"], stack.creds["hmac_secret"]):
+        for secret in (stack.producer["hmac_secret"], side.creds["hmac_secret"]):
             opened = []
             for blob in blobs:
                 try:
@@ -190,7 +191,7 @@ def test_process_workers_report_through_one_connection_and_stop_marks_offline(wo
     stack, sides, tmp = world
     side = sides["redis"] if "redis" in sides else next(iter(sides.values()))
     side.consumer.stop()
-    before = stack.connections("h1")
+    before = stack.connections(side.agent)
     consumer = Consumer(side.env(Z4J_HUEY_HEARTBEAT_S="1"), tmp, workers=3, kind="process",
                         label=f"{side.name}-proc").start()
     try:
@@ -199,7 +200,7 @@ def test_process_workers_report_through_one_connection_and_stop_marks_offline(wo
             stack.wait_task(r.id, "success")
         pids = {e["extra"]["pid"] for r in results for e in stack.task(r.id)["events"] if e["kind"] == "started"}
         assert len(pids) >= 2 and consumer.proc.pid not in pids, pids
-        assert stack.connections("h1") == before + 1
+        assert stack.connections(side.agent) == before + 1
         assert stack.workers()[consumer.worker]["info"]["pool"] == "process"
         assert consumer.stop() == 0
         w = wait_until(lambda: (x := stack.workers().get(consumer.worker)) and x["state"] == "offline" and x,
