@@ -31,7 +31,9 @@ pytestmark = pytest.mark.engine("arq")
 def arq_env(redis_url: str, agent_env: dict[str, str] | None = None, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k in ("Z4J_HOME", "_Z4J_TEST_HOME")}
     env.update(agent_env or {})
-    env.update({"Z4J_TEST_REDIS_URL": redis_url, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    # an outer PYTHONPATH stays behind ROOT: it may hold another arq release to test (docs/arq.md)
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.update({"Z4J_TEST_REDIS_URL": redis_url, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
