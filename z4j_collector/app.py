@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import AsyncGenerator
@@ -39,6 +38,7 @@ from z4j_collector.keys import AuditKeys
 from z4j_collector.services.actions import ActionService
 from z4j_collector.services.agents import AgentRegistry
 from z4j_collector.services.audit import Audit
+from z4j_collector.services.cluster import Cluster, PgCluster
 from z4j_collector.services.commands import CommandService
 from z4j_collector.services.hub import Hub
 from z4j_collector.services.identity import Identity
@@ -49,6 +49,7 @@ from z4j_collector.services.notify import Notifier
 from z4j_collector.services.rules import Rules
 from z4j_collector.services.reconciler import Reconciler
 from z4j_collector.services.outbound import Allowlist, OutboundClient
+from z4j_collector.services.periodic import Periodic
 from z4j_collector.services.schedules import Schedules
 from z4j_collector.services.trends import Trends
 from z4j_collector.settings import Settings
@@ -65,6 +66,7 @@ async def health(request: Request) -> Health:
         status="ok", version=__version__, database=state.store.dialect,
         ingest={"events": stats.events, "batches": stats.batches, "duplicates": stats.duplicates,
                 "commits": stats.commits, "failures": stats.failures},
+        cluster=state.cluster.view(),
     )
 
 
@@ -126,6 +128,11 @@ class CollectorPlugin(InitPluginProtocol):
         trends = writer.trends = Trends(store)
         trends.start()
         commands = CommandService(store, registry, audit)
+        # Several collectors may share a PostgreSQL database: they route
+        # commands and live changes to each other, and one of them (the
+        # leader) runs the background jobs registered below.
+        cluster = PgCluster(store, hub, registry, commands) if store.dialect == "postgresql" else Cluster()
+        commands.cluster = cluster if cluster.enabled else None
         app.state.update(
             trends=trends, store=store, hub=hub, registry=registry, writer=writer, audit=audit, identity=identity,
             membership=Membership(store, audit, identity, Mailer(settings.smtp), registry),
@@ -133,13 +140,15 @@ class CollectorPlugin(InitPluginProtocol):
         )
         app.state.notify = Notifier(store, audit, OutboundClient(Allowlist.from_env()), Mailer(settings.smtp))
         app.state.schedules = Schedules(store, registry, app.state.commands, audit, settings.schedule_sync_s)
-        app.state.schedules.start()
         app.state.rules = Rules(store, audit, app.state.notify)
-        app.state.rules.start()
         app.state.reconciler = Reconciler(store, registry, commands, audit, hub=hub)
-        app.state.reconciler.start()
         metrics_of(app).add_source(app.state.reconciler.metrics)
-        checkpoints = asyncio.create_task(audit.run_checkpoints(settings.checkpoint_interval_s))
+        checkpoints = Periodic(lambda: audit.run_checkpoints(settings.checkpoint_interval_s))
+        for job in (app.state.schedules, app.state.rules, app.state.reconciler, checkpoints):
+            cluster.leader_job(job.start, job.stop)
+        cluster.leader_job(trends.start_retention, trends.stop_retention)
+        app.state.cluster = cluster
+        await cluster.start()
         try:
             token = await identity.issue_setup_token()
             if token is not None:
@@ -153,10 +162,7 @@ class CollectorPlugin(InitPluginProtocol):
                 )
             yield
         finally:
-            checkpoints.cancel()
-            await app.state.rules.stop()
-            await app.state.reconciler.stop()
-            await app.state.schedules.stop()
+            await cluster.stop()
             await writer.stop()
             await trends.stop()
             await store.close()

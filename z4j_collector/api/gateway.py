@@ -48,8 +48,9 @@ class Refused(Exception):
 class GatewaySession:
     """One connected agent (implements services.agents.AgentSession)."""
 
-    def __init__(self, socket: WebSocket, agent: AgentRow, hello: p.Hello, key: bytes) -> None:
+    def __init__(self, socket: WebSocket, agent: AgentRow, hello: p.Hello, key: bytes, session_id: str) -> None:
         self.socket = socket
+        self.session_id = session_id
         self.agent_id = agent.id
         self.project_id = agent.project_id
         self.engines = list(hello.engines)
@@ -155,7 +156,7 @@ class Gateway:
         await self.store.agent_seen(agent.id, hello.hostname, hello.version, hello.engines)
         log.info("agent %s (%s) connected from %s", agent.name, agent.project, hello.hostname)
         key = p.session_key(agent.frame_key, hello.client_nonce, server_nonce)
-        return GatewaySession(socket, agent, hello, key)
+        return GatewaySession(socket, agent, hello, key, welcome.session_id)
 
     async def _ingest(self, session: GatewaySession, batch: p.EventBatch) -> None:
         try:

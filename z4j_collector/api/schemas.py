@@ -105,3 +105,5 @@ class Health(msgspec.Struct):
     version: str
     database: str
     ingest: dict[str, int]
+    cluster: dict[str, Any] | None = None
+    """This collector in its cluster: {node, leader, peers} (peers: the other live collectors)."""

@@ -26,6 +26,10 @@ class CommandService:
         self.timeout_s = timeout_s
         self._waiters: dict[str, asyncio.Future[None]] = {}
         self._asks: dict[str, tuple[int, asyncio.Future[p.CommandResult]]] = {}
+        # Commands another node sent through one of this node's agent
+        # connections: command id -> (that node, whether it is an ask).
+        self._forwarded: dict[str, tuple[str, bool]] = {}
+        self.cluster: Any = None
 
     async def send(
         self,
@@ -126,6 +130,19 @@ class CommandService:
             self._asks.pop(command_id, None)
 
     async def on_result(self, agent_id: int, result: p.CommandResult) -> None:
+        forwarded = self._forwarded.pop(result.command_id, None)
+        if forwarded is not None and self.cluster is not None:
+            origin, is_ask = forwarded
+            if is_ask:
+                await self.cluster.send({"t": "res", "command_id": result.command_id, "ask": True, "ok": result.ok,
+                                         "result": result.result, "error": result.error}, to=origin)
+                return
+            # A stored command: closed here, where the result arrived; the
+            # node that sent it only has to wake whoever waits for it.
+            await self._finish(result.command_id, "succeeded" if result.ok else "failed", result.result,
+                               result.error, agent_id)
+            await self.cluster.send({"t": "done", "command_id": result.command_id}, to=origin)
+            return
         ask = self._asks.get(result.command_id)
         if ask is not None and ask[0] == agent_id:
             if not ask[1].done():
@@ -134,7 +151,35 @@ class CommandService:
         state = "succeeded" if result.ok else "failed"
         if not await self._finish(result.command_id, state, result.result, result.error, agent_id):
             return  # not this agent's command, or already closed: ignore
-        waiter = self._waiters.pop(result.command_id, None)
+        self.wake(result.command_id)
+
+    # ------------------------------------------------------------ across nodes (services/cluster.py)
+
+    def is_ask(self, command_id: str) -> bool:
+        return command_id in self._asks
+
+    def accept_forwarded(self, command_id: str, origin: str, is_ask: bool) -> None:
+        self._forwarded[command_id] = (origin, is_ask)
+        asyncio.get_running_loop().call_later(self.timeout_s, self._forwarded.pop, command_id, None)
+
+    def forget_forwarded(self, command_id: str) -> None:
+        self._forwarded.pop(command_id, None)
+
+    async def on_remote_result(self, msg: dict[str, Any]) -> None:
+        """The answer to a command this node sent to an agent on another node:
+        an ask's result, or a refusal the other node could not store."""
+        result = p.CommandResult(command_id=msg["command_id"], ok=bool(msg["ok"]), result=msg.get("result"),
+                                 error=msg.get("error"))
+        ask = self._asks.get(result.command_id)
+        if ask is not None:
+            if not ask[1].done():
+                ask[1].set_result(result)
+            return
+        await self._finish(result.command_id, "succeeded" if result.ok else "failed", result.result, result.error)
+        self.wake(result.command_id)
+
+    def wake(self, command_id: str) -> None:
+        waiter = self._waiters.pop(command_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 

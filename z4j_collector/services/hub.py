@@ -44,10 +44,15 @@ class Subscriber:
 class Hub:
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscriber]] = {}
+        self.cluster: Any = None
+        """services/cluster.PgCluster when other collectors share the database:
+        it ships changes of the projects they stream, and brings theirs."""
 
     def subscribe(self, project_id: int) -> Subscriber:
         sub = Subscriber(project_id)
         self._subscribers.setdefault(project_id, set()).add(sub)
+        if self.cluster is not None:
+            self.cluster.watching_changed()
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -57,12 +62,21 @@ class Hub:
             if not subs:
                 del self._subscribers[sub.project_id]
 
-    def watched(self) -> frozenset[int]:
-        """Projects somebody is streaming right now."""
+    def local_watched(self) -> frozenset[int]:
+        """Projects somebody is streaming from this process right now."""
         return frozenset(self._subscribers)
 
+    def watched(self) -> frozenset[int]:
+        """Projects somebody is streaming, from this process or another collector."""
+        if self.cluster is None:
+            return frozenset(self._subscribers)
+        return frozenset(self._subscribers) | self.cluster.remote_watched()
+
     def publish(self, result: IngestResult) -> None:
-        if not self._subscribers:
+        """Changes committed by this process: to its streams, and to the
+        other collectors that stream the project."""
+        remote = self.cluster.remote_watched() if self.cluster is not None else frozenset()
+        if not self._subscribers and not remote:
             return
         by_project: dict[int, tuple[list, list]] = {}
         for task in result.tasks:
@@ -70,5 +84,16 @@ class Hub:
         for worker in result.workers:
             by_project.setdefault(worker["project_id"], ([], []))[1].append(worker)
         for project_id, (tasks, workers) in by_project.items():
-            for sub in self._subscribers.get(project_id, ()):
+            self.offer(project_id, tasks, workers)
+            if project_id in remote:
+                self.cluster.forward_changes(project_id, tasks, workers)
+
+    def offer(self, project_id: int, tasks: list[dict[str, Any]], workers: list[dict[str, Any]],
+              resync: bool = False) -> None:
+        """Changes of one project to this process's streams."""
+        for sub in self._subscribers.get(project_id, ()):
+            if resync:
+                sub.offer([], [])
+                sub.resync = True
+            else:
                 sub.offer(tasks, workers)

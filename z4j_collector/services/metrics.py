@@ -173,7 +173,7 @@ class Metrics:
 
         agents = Family("z4j_agents_connected", "gauge", "Live agent connections to this collector process.")
         connected = dict.fromkeys(slugs.values(), 0)
-        for session in self.registry.all_sessions():
+        for session in self.registry.local_sessions():
             slug = slugs.get(session.project_id)
             if slug is not None:
                 connected[slug] += 1

@@ -30,3 +30,18 @@ async def every(interval_s: float, job: Callable[[], Awaitable[Any]], what: str,
         except Exception:  # noqa: BLE001 - a background pass never stops the loop
             log.exception("%s failed; the next pass runs in %.0f s", what, interval_s)
         await asyncio.sleep(interval_s)
+
+
+class Periodic:
+    """A background coroutine with the start/stop of a service (a leader job)."""
+
+    def __init__(self, make: Callable[[], Awaitable[Any]]) -> None:
+        self.make = make
+        self._task: asyncio.Task[Any] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self.make())
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        self._task = None

@@ -38,7 +38,7 @@ from z4j_agents import protocol as p
 from z4j_collector.sketch import ALPHA, Sketch
 from z4j_collector.store.base import IngestResult, SqlStore
 from z4j_collector.store.trends import ROLLUP_STATES, RollupKey
-from z4j_collector.services.periodic import every
+from z4j_collector.services.periodic import cancel, every
 from z4j_collector.settings import env_number
 
 log = logging.getLogger("z4j.collector.trends")
@@ -81,19 +81,27 @@ class Trends:
         self.flushes = 0
         self.deleted = {"task_events": 0, "tasks": 0, "task_rollups": 0}
         self._tasks: list[asyncio.Task[None]] = []
+        self._retention: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
+        """Roll up what this process ingests (every collector of a cluster does)."""
         # A failed flush keeps its events pending for the next one.
-        self._tasks = [asyncio.create_task(every(self.flush_s, self.flush, "trends flush"), name="z4j-trends-flush"),
-                       asyncio.create_task(every(self.retention_s, self.retention_pass, "retention pass"),
-                                           name="z4j-retention")]
+        self._tasks = [asyncio.create_task(every(self.flush_s, self.flush, "trends flush"), name="z4j-trends-flush")]
+
+    def start_retention(self) -> None:
+        """The retention passes (the cluster's leader alone runs them)."""
+        self._retention = asyncio.create_task(every(self.retention_s, self.retention_pass, "retention pass"),
+                                              name="z4j-retention")
+
+    async def stop_retention(self) -> None:
+        await cancel(self._retention)
+        self._retention = None
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel(task)
         self._tasks = []
         try:
             await self.flush()  # what was committed but not yet rolled up
