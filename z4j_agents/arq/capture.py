@@ -27,10 +27,11 @@ revoked    aborted (``Job.abort``), running or before it  complete
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +40,10 @@ from z4j_agents.arq.call import job_bytes
 log = logging.getLogger("z4j.arq")
 
 ENGINE = "arq"
+current_job: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("z4j_arq_job", default=None)
+"""(job id, root id) of the job running in this asyncio context: jobs it
+enqueues get it as their parent and share its root."""
+MAX_ROOTS = 10_000
 RESERVED = ("_job_id", "_queue_name", "_defer_until", "_defer_by", "_expires", "_job_try")
 """``enqueue_job``'s own keyword arguments (not the job's)."""
 
@@ -56,6 +61,8 @@ class _State:
         self.enqueue_enabled = False
         self.enqueue_factory: Any = None
         """Builds the producer's agent at its first enqueue (install() sets it)."""
+        self.roots: OrderedDict[str, str] = OrderedDict()
+        """Root of each job enqueued by a job of this process, until it starts here."""
         self.original_enqueue: Any = None
         """``ArqRedis.enqueue_job`` before z4j wrapped it (the agent's own
         enqueues, which it records itself: retries, triggers)."""
@@ -129,6 +136,13 @@ def _sent(pool: Any, function: str, args: tuple, kwargs: dict, job_id: str) -> N
     cron = bool(crons) and function in crons
     if cron:
         fields["extra"] = {"schedule": function}
+    parent = current_job.get()
+    if parent is not None:
+        fields["parent_id"], fields["root_id"] = parent
+        roots = state.roots
+        roots[job_id] = parent[1]
+        if len(roots) > MAX_ROOTS:
+            roots.popitem(last=False)
     seal = (function, queue, job_bytes(function, args, call_kwargs, getattr(pool, "job_serializer", None)))
     note("sent", job_id, fields, seal, now)
     if cron:
@@ -189,12 +203,15 @@ class WorkerCapture:
             if job_id is None:  # called by hand, not by the worker
                 return await coroutine(ctx, *args, **kwargs)
             capture.started(name, job_id, ctx, args, kwargs)
+            token = current_job.set((job_id, state.roots.pop(job_id, None) or job_id))
             t0 = time.perf_counter()
             try:
                 result = await coroutine(ctx, *args, **kwargs)
             except BaseException as exc:
                 capture.raised(name, job_id, exc, time.perf_counter() - t0, timeout_s)
                 raise
+            finally:
+                current_job.reset(token)
             note("succeeded", job_id, {"result": result, "runtime": time.perf_counter() - t0,
                                        "engine_state": "complete"})
             return result

@@ -42,6 +42,11 @@ async def boom(ctx, db_password=None):
     _parse(f"postgresql://app:{db_password}@db/app")
 
 
+async def fanout(ctx, n):
+    """Enqueues n jobs (z4j links them to this one: DAG edges)."""
+    return [(await ctx["redis"].enqueue_job("add", i, i)).job_id for i in range(n)]
+
+
 async def app_ctx(ctx):
     return bool(ctx.get("started_by_app"))
 
@@ -66,7 +71,7 @@ async def startup(ctx):
 
 
 class WorkerSettings:
-    functions = [add, flaky, boom, sleep, retrying, app_ctx]
+    functions = [add, flaky, boom, sleep, retrying, app_ctx, fanout]
     cron_jobs = [cron(tick, second=set(range(0, 60, 3)), keep_result=60)]
     redis_settings = REDIS
     queue_name = QUEUE

@@ -60,6 +60,16 @@ def test_live_tasks_failures_retries_queues_and_workers(world):
                                                       "succeeded"]
     assert retried["result"] == "ok after 3 tries" and retried["retries"] == 2
 
+    # jobs a job enqueues are its children (arq keeps no links: the agent knows which job was running)
+    parent = s.wait_task(enqueue(s.redis_url, "fanout", 2), "success")
+    children = parent["result"]
+    for child in children:
+        row = s.wait_task(child, "success")
+        assert row["parent_id"] == parent["task_id"] and row["events"][0]["kind"] == "sent"
+    tree = s.api.get(f"{P}/tasks/{parent['task_id']}/tree", params={"engine": "arq"}).raise_for_status().json()
+    [top] = tree["roots"]
+    assert top["task_id"] == parent["task_id"] and sorted(c["task_id"] for c in top["children"]) == sorted(children)
+
     # worker liveness: online, heartbeats with arq's own health check line
     worker = wait_until(lambda: (x := s.workers().get(w.main.hostname)) and x["info"].get("health_check") and x,
                         what="a heartbeat with arq's health check")
