@@ -215,15 +215,18 @@ class RelayClient:
         self._thread.start()
 
     def flush(self, timeout: float = 2.0) -> bool:
-        """Wait (bounded) until everything queued was written; for the child's exit."""
+        """Wait (bounded) until everything queued was written; for the child's exit.
+        The writer wakes it the moment the queue is drained (an RQ work horse
+        flushes at the end of every job, so a polling delay would cost every job)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            self._cond.notify()
-        while time.monotonic() < deadline:
-            if not self._queue and not self._busy:
-                return True
-            time.sleep(0.005)
-        return not self._queue and not self._busy
+            self._cond.notify_all()
+            while self._queue or self._busy:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
 
     def _connect(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -266,7 +269,9 @@ class RelayClient:
                 self.dropped += 1
                 self._pending_dropped += 1
             finally:
-                self._busy = False
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()  # a flush may be waiting
 
     def _write(self, event: p.Event) -> None:
         dropped, self._pending_dropped = self._pending_dropped, 0
