@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Queue", "Worker", "current_agent", "install"]
+__all__ = ["Queue", "SimpleWorker", "Worker", "current_agent", "install"]
 
 
 def install(config: Any = None, *, redactor: Any = None, heartbeat_s: float | None = None,
@@ -36,10 +36,10 @@ def current_agent() -> Any:
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Worker":
-        from z4j_agents.rq.worker import Worker
+    if name in ("Worker", "SimpleWorker"):
+        from z4j_agents.rq import worker
 
-        return Worker
+        return getattr(worker, name)
     if name == "Queue":
         from z4j_agents.rq.capture import Queue
 

@@ -170,3 +170,7 @@ def _started_extra(job: Any) -> dict[str, Any]:
 
 class Worker(Z4JWorkerMixin, rq.Worker):
     """RQ's default forking worker (a work horse per job), reporting to z4j."""
+
+
+class SimpleWorker(Z4JWorkerMixin, rq.SimpleWorker):
+    """RQ's SimpleWorker (the job runs in the worker process, no horse), reporting to z4j."""
