@@ -93,6 +93,8 @@ class TaskiqActions:
         name = call["task"]
         labels = {k: v for k, v in call["labels"].items() if k not in DROPPED_LABELS}
         labels["z4j_retry_of"] = old_id
+        if call["queue"] and "queue_name" not in labels and call["queue"] != brokers.default_queue(self.broker):
+            labels["queue_name"] = call["queue"]  # this process's broker may default to another queue
         new_id = str(self.broker.id_generator())
 
         async def kick() -> None:

@@ -2,7 +2,7 @@
 
 What is sealed (a dict, see :mod:`z4j_agents.replay`)::
 
-    {"v": 1, "engine": "taskiq", "task": "proj:add", "id": "<task id>",
+    {"v": 1, "engine": "taskiq", "task": "proj:add", "id": "<task id>", "queue": "taskiq",
      "labels": {...}, "labels_types": {...} | None,
      "args": [...], "kwargs": {...}}          # msgpack-able calls (the usual JSON messages)
     {..., "wire": b"..."}                     # otherwise: the message as the broker's formatter writes it
@@ -22,9 +22,11 @@ from z4j_agents import replay
 CALL_VERSION = 1
 
 
-def seal_message(secret: str, message: Any, formatter: Any, *, parsed_labels: bool) -> bytes | None:
-    """The sealed call of a ``TaskiqMessage``; None when it cannot be sealed."""
-    base = {"v": CALL_VERSION, "engine": "taskiq", "task": message.task_name, "id": message.task_id}
+def seal_message(secret: str, message: Any, formatter: Any, *, parsed_labels: bool,
+                 queue: str | None = None) -> bytes | None:
+    """The sealed call of a ``TaskiqMessage`` (sent to ``queue``); None when it cannot be sealed."""
+    base = {"v": CALL_VERSION, "engine": "taskiq", "task": message.task_name, "id": message.task_id,
+            "queue": queue}
     try:
         return replay.seal(secret, {**base, "labels": message.labels,
                                     "labels_types": None if parsed_labels else message.labels_types,
@@ -39,7 +41,7 @@ def seal_message(secret: str, message: Any, formatter: Any, *, parsed_labels: bo
 
 
 def open_call(secret: str, blob: bytes, formatter: Any) -> dict[str, Any]:
-    """``{task, id, labels, args, kwargs}`` with parsed labels; ReplayError when it cannot be opened."""
+    """``{task, id, queue, labels, args, kwargs}`` with parsed labels; ReplayError when it cannot be opened."""
     from taskiq.message import TaskiqMessage
 
     call = replay.open(secret, blob)
@@ -59,5 +61,6 @@ def open_call(secret: str, blob: bytes, formatter: Any) -> dict[str, Any]:
         raise
     except Exception as exc:  # noqa: BLE001
         raise replay.ReplayError(f"sealed taskiq call cannot be read: {type(exc).__name__}: {exc}") from None
-    return {"task": message.task_name, "id": message.task_id, "labels": dict(message.labels),
+    return {"task": message.task_name, "id": message.task_id, "queue": call.get("queue"),
+            "labels": dict(message.labels),
             "args": list(message.args), "kwargs": dict(message.kwargs)}

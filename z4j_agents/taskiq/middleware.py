@@ -231,7 +231,7 @@ class Z4JMiddleware(TaskiqMiddleware):
                 name=message.task_name, queue=queue, args=list(message.args), kwargs=dict(message.kwargs),
                 retries=_int(labels.get("_retries")), parent_id=labels.get(PARENT) or None,
                 root_id=labels.get(ROOT) or None,
-                replay=seal_message(agent.secret, message, self.broker.formatter, parsed_labels=False),
+                replay=seal_message(agent.secret, message, self.broker.formatter, parsed_labels=False, queue=queue),
                 extra=extra or None))
             if schedule_id and self.schedules is not None:
                 self.schedules.fired(schedule_id, message.task_name, message.task_id, ts, manual_fire.get())
@@ -262,7 +262,8 @@ class Z4JMiddleware(TaskiqMiddleware):
                 id=p.new_id(), task_id=task_id, engine=ENGINE, kind="started", ts=now, engine_state="executing",
                 name=message.task_name, queue=queue, worker=agent.worker, args=list(message.args),
                 kwargs=dict(message.kwargs), retries=_int(labels.get("_retries")), parent_id=parent,
-                root_id=root, replay=seal_message(agent.secret, message, self.broker.formatter, parsed_labels=True),
+                root_id=root,
+                replay=seal_message(agent.secret, message, self.broker.formatter, parsed_labels=True, queue=queue),
                 extra=extra))
         except Exception:  # noqa: BLE001
             log.exception("z4j taskiq: pre_execute failed")

@@ -23,7 +23,9 @@ from taskiq_redis import ListQueueBroker, ListRedisScheduleSource, RedisAsyncRes
 REDIS = os.environ.get("Z4J_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 QUEUE = os.environ.get("Z4J_TEST_TASKIQ_QUEUE", "taskiq")
 
-broker = ListQueueBroker(REDIS, queue_name=QUEUE).with_result_backend(
+# socket_timeout=None: with redis-py 8 the pool's default read timeout (5 s) ends an idle worker's BRPOP
+# with TimeoutError and the worker process dies and is restarted (taskiq-redis 1.2.4; docs/taskiq.md).
+broker = ListQueueBroker(REDIS, queue_name=QUEUE, socket_timeout=None).with_result_backend(
     RedisAsyncResultBackend(REDIS, result_ex_time=600))
 broker.add_middlewares(SmartRetryMiddleware(default_retry_count=3, default_delay=0))
 if os.environ.get("Z4J_TEST_NO_AGENT") != "1":
