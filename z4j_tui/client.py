@@ -186,6 +186,35 @@ class Client:
     def rotate_agent(self, project: str, agent_id: int) -> dict[str, Any]:
         return self.request("POST", f"/api/v1/projects/{project}/agents/{agent_id}/rotate")
 
+    # ------------------------------------------------------------ roles, actions, schedules, trends (the console)
+
+    def my_role(self, project: str) -> str | None:
+        """The caller's role on ``project`` (an API token: the lower of its
+        role and its user's), or None when it has none."""
+        for row in self.projects():
+            if row.get("slug") == project:
+                return row.get("role")
+        return None
+
+    def action(self, project: str, path: str, body: dict[str, Any] | None = None,
+               method: str = "POST") -> dict[str, Any] | None:
+        """One change under the project: the typed actions (docs/api.md#actions:
+        ``tasks/ID/retry``, ``queues/Q/purge``…) and schedule changes; None
+        values are left out of the body."""
+        payload = {k: v for k, v in (body or {}).items() if v is not None}
+        return self.request(method, f"/api/v1/projects/{project}/{path}",
+                            json=payload if method != "DELETE" else None)
+
+    def schedules(self, project: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/api/v1/projects/{project}/schedules")
+
+    def audit_verify(self, project: str) -> dict[str, Any]:
+        return self.request("GET", f"/api/v1/projects/{project}/audit/verify")
+
+    def trends(self, project: str, **params: Any) -> dict[str, Any]:
+        query = {k: v for k, v in params.items() if v not in (None, "")}
+        return self.request("GET", f"/api/v1/projects/{project}/trends", params=query)
+
     # ------------------------------------------------------------ audit log
 
     def audit(self, project: str | None, **filters: Any) -> dict[str, Any]:
