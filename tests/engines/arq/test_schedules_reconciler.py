@@ -1,7 +1,7 @@
 """Must show, for arq (the migration checklist, part 2): purge with filters, no
 dead letters said in one sentence, a cron job fires and is triggered (read-only
 otherwise), a worker killed with SIGKILL does not leave a job started forever
-(reconciler + arq.probe), the CLI. Same world as part 1 (conftest.py), its own
+(reconciler + arq.probe), the CLI (retry, bulk retry, purge), a warm shutdown. Same world as part 1 (conftest.py), its own
 collector per database.
 """
 
@@ -120,7 +120,7 @@ def test_a_worker_killed_with_sigkill_leaves_no_job_started(world):
         doomed.kill()
 
 
-def test_cli_retry_and_schedules(world):
+def test_cli_retry_bulk_retry_purge_and_a_warm_shutdown(world):
     w, s = world, world.stack
     env = {"Z4J_URL": s.collector.url, "Z4J_API_TOKEN": s.token}
     key = f"k{time.time_ns()}"
@@ -129,14 +129,21 @@ def test_cli_retry_and_schedules(world):
     w.redis.set(f"flag:{key}", "1")
     out = z4j("tasks", "retry", failed, "--engine", "arq", "--wait", "20", "--json", env=env)
     assert s.wait_task(json.loads(out.stdout)["result"]["new_task_id"], "success")["result"] == 1
-    listed = z4j("schedules", "list", "--json", env=env)
-    assert any(r["name"] == "cron:tick" for r in json.loads(listed.stdout))
+    # bulk retry: each matching failure once, from its sealed call
+    prefix = f"bulk{time.time_ns()}"
+    ids = [enqueue(s.redis_url, "flaky", f"{prefix}-{i}", [i]) for i in range(3)]
+    for job_id in ids:
+        s.wait_task(job_id, "failure")
+    for i in range(3):
+        w.redis.set(f"flag:{prefix}-{i}", "1")
+    z4j("tasks", "bulk-retry", "--engine", "arq", "--name", "flaky", "--search", prefix, "--yes", "--json", env=env)
+    wait_until(lambda: all(len(w.runs(f"{prefix}-{i}")) == 2 for i in range(3)), what="three retried jobs")
+    assert [r["items"] for i in range(3) for r in w.runs(f"{prefix}-{i}")] == [[0], [0], [1], [1], [2], [2]]
+
     w.produce({"function": "add", "args": [1, 1], "queue": "cliq"}, {"function": "sleep", "args": [1], "queue": "cliq"})
     purged = z4j("queues", "purge", "cliq", "--engine", "arq", "--name", "sleep", "--yes", "--wait", "20", "--json",
                  env=env)
     assert json.loads(purged.stdout)["result"]["purged"] == 1 and w.redis.zcard("cliq") == 1
-    refused = z4j("queues", "requeue-dead", "cliq", "--engine", "arq", "--all", "--yes", env=env, check=False)
-    assert refused.returncode != 0 and "arq keeps no dead letters" in refused.stderr
 
     # a warm shutdown: the worker says offline, the agent flushes, nothing is raised
     assert w.noabort.stop() == 0
