@@ -1,8 +1,8 @@
 """Must show, for arq (the migration checklist, part 2): purge with filters, no
 dead letters said in one sentence, a cron job fires and is triggered (read-only
 otherwise), a worker killed with SIGKILL does not leave a job started forever
-(reconciler + arq.probe), the CLI (retry, bulk retry, purge), a warm shutdown. Same world as part 1 (conftest.py), its own
-collector per database.
+(reconciler + arq.probe), the CLI (retry, bulk retry, purge), a warm shutdown.
+Same world as part 1 (conftest.py), its own collector per database.
 """
 
 from __future__ import annotations
