@@ -80,6 +80,7 @@ class Trends:
         self.dropped = 0
         self.flushes = 0
         self.deleted = {"task_events": 0, "tasks": 0, "task_rollups": 0}
+        self.partitions_dropped = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._retention: asyncio.Task[None] | None = None
 
@@ -219,8 +220,15 @@ class Trends:
         deleted = {"task_events": 0, "tasks": 0, "task_rollups": 0}
         limit = self.retention_batch
         store = self.store
-        for project_id in await store.retention_projects():
-            settings = await store.get_retention(project_id)
+        projects = [(pid, await store.get_retention(pid)) for pid in await store.retention_projects()]
+        if store.partitioned_events:
+            # Whole days that no project keeps any more go at once (a
+            # partition dropped); the batched deletes below do the rest.
+            await store.ensure_event_partitions(now)
+            longest = max((s["events_days"] for _, s in projects if s), default=None)
+            if longest is not None:
+                self.partitions_dropped += len(await store.drop_event_partitions(now - longest * 86400.0))
+        for project_id, settings in projects:
             if not settings:
                 continue
             rollup_days = settings["rollups_days"]

@@ -109,6 +109,8 @@ Cursor = tuple[float, str, str]
 
 class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, TrendsSql, RulesSql):
     dialect = "sql"
+    partitioned_events = False
+    """Whether task_events is partitioned by day (PostgreSQL, store/partitions.py)."""
 
     # -------------------------------------------------- dialect primitives
 

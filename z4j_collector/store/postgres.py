@@ -12,6 +12,7 @@ from psycopg_pool import AsyncConnectionPool
 from z4j_collector import taskmerge
 from z4j_collector.errors import StoreError
 from z4j_collector.store.base import INSERT_EVENT_COLUMNS, UPSERT_TASK_SQL, SqlStore
+from z4j_collector.store.partitions import PartitionsSql
 
 T = TypeVar("T")
 
@@ -74,7 +75,7 @@ class _Tx:
                     await copy.write_row(row)
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(PartitionsSql, SqlStore):
     dialect = "postgresql"
     for_update = " FOR UPDATE"
 
