@@ -321,6 +321,7 @@ def start_consumer_agent(binding: Binding, consumer: Any) -> HueyAgent | None:
         _register_commands(agent)
         binding.agent = agent
         binding.consumer = consumer
+        binding.wrap_dequeue()
         if getattr(consumer.environment, "forks", False):
             _start_relay(binding, agent)
         _wrap_consumer(binding, agent, consumer)

@@ -23,9 +23,11 @@ from z4j_agents import replay
 CALL_VERSION = 1
 
 
-def pack_call(secret: str, huey: Any, task: Any, name: str) -> bytes:
-    """The sealed call of ``task`` (raises what serializing raises)."""
-    message = huey.serialize_task(task)
+def pack_call(secret: str, huey: Any, task: Any, name: str, message: bytes | None = None) -> bytes:
+    """The sealed call of ``task``: ``message`` as dequeued, else serialized
+    now (raises what serializing raises)."""
+    if message is None:
+        message = huey.serialize_task(task)
     return replay.seal(secret, {"v": CALL_VERSION, "engine": "huey", "queue": huey.name, "task": name,
                                 "id": str(task.id), "message": bytes(message)})
 

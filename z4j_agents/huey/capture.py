@@ -115,23 +115,20 @@ class Binding:
         agent = self.agent
         return agent.worker_name if agent is not None else None
 
-    def seal(self, task: Any, name: str) -> bytes | None:
+    def seal(self, task: Any, name: str, message: bytes | None = None) -> bytes | None:
         agent = self.agent
         if agent is None:
             return None
         try:
-            return _call.pack_call(agent.config.hmac_secret, self.huey, task, name)
+            return _call.pack_call(agent.config.hmac_secret, self.huey, task, name, message)
         except Exception as exc:  # noqa: BLE001 - the enqueue itself will say what is wrong
             log.debug("z4j huey: cannot seal %s for replay: %s", task.id, exc)
             return None
 
     def _event(self, task: Any, kind: str, engine_state: str, name: str | None = None, **fields: Any) -> p.TaskEvent:
-        event = p.TaskEvent(id=p.new_id(), task_id=str(task.id), engine=ENGINE, kind=kind, ts=time.time(),
-                            engine_state=engine_state, name=name or self.name_of(task), queue=self.huey.name)
-        for key, value in fields.items():
-            if value is not None:
-                setattr(event, key, value)
-        return event
+        return p.TaskEvent(id=p.new_id(), task_id=str(task.id), engine=ENGINE, kind=kind, ts=time.time(),
+                           engine_state=engine_state, name=name or self.name_of(task), queue=self.huey.name,
+                           **{k: v for k, v in fields.items() if v is not None})
 
     def _eta(self, eta: Any) -> float | None:
         if not isinstance(eta, datetime):
@@ -196,12 +193,15 @@ class Binding:
                 return
             self.starts[task.id] = time.monotonic()
             name = self.name_of(task)
-            chord = getattr(task, "chord_config", None)
+            chord = getattr(task, "chord_config", None)  # Huey releases without chords have none
+            dequeued = getattr(tls, "dequeued", None)
+            message = dequeued[1] if dequeued is not None and dequeued[0] == task.id else None
             self.emit(self._event(
                 task, "started", "EXECUTING", name, worker=self.worker(), args=task.args, kwargs=task.kwargs,
                 retries=_retries_done(task), group_id=chord.cid if chord is not None else None,
-                chord_id=chord.callback.id if chord is not None else None,
-                replay=self.seal(task, name), extra={"pid": os.getpid()}))
+                chord_id=chord.callback.id if chord is not None else None, replay=self.seal(task, name, message),
+                # a forked worker process: the consumer follows its running tasks by pid (agent.Monitor.reap)
+                extra={"pid": os.getpid()} if self.relay_client is not None else None))
         except Exception:  # noqa: BLE001
             log.exception("z4j huey: executing receiver failed")
 
@@ -271,6 +271,28 @@ class Binding:
                                   runtime=time.monotonic() - start if start is not None else None))
         except Exception:  # noqa: BLE001
             log.exception("z4j huey: interrupted receiver failed")
+
+    def wrap_dequeue(self) -> None:
+        """Keep the message bytes the consumer's worker just took (this
+        instance's ``dequeue`` only, and only where it is Huey's own): the
+        sealed call is then the message exactly as it was queued, and is not
+        serialized a second time. Same steps as ``Huey.dequeue``."""
+        from huey.api import Huey
+
+        huey = self.huey
+        if type(huey).dequeue is not Huey.dequeue:
+            return  # a subclass with its own dequeue: keep it (capture serializes the task instead)
+        tls = self._tls
+
+        def dequeue() -> Any:
+            data = huey.storage.dequeue()
+            if data is not None:
+                task = huey.deserialize_task(data)
+                tls.dequeued = (task.id, data)
+                return task
+            return None
+
+        huey.dequeue = dequeue
 
     # ------------------------------------------------------------ wiring
 

@@ -236,21 +236,26 @@ def test_periodic_tasks_are_schedules_that_fire_and_can_be_disabled_and_triggere
 
 
 def test_sigkill_mid_task_ends_lost_or_its_result_store_state(world):
-    """Each storage in turn: its consumer is killed with two tasks running; a
-    new consumer of the same Huey answers the reconciler's probe."""
+    """Each storage in turn, alone (the reconciler asks any agent that declared
+    huey.probe; docs/huey.md, Reconciler): its consumer is killed with two tasks
+    running, and another consumer of the same Huey answers the probe."""
     w = world
     for side in w.sides.values():
+        side.consumer.kill()
+    for side in w.sides.values():
+        doomed = side.consumer = Consumer(side.env(Z4J_HUEY_HEARTBEAT_S="1"), w.tmp,
+                                          label=f"{side.name}-doomed").start()
         sleep = side.task("sleep")
         lost, known = sleep(120), sleep(120)
         for task in (lost, known):
             w.stack.wait_task(task.id, "started", timeout=60)
-        doomed = side.consumer
         assert w.stack.workers()[doomed.worker]["state"] == "online"
+        # a second consumer of the same Huey, idle (the queue is empty), reads the same result store
+        survivor = Consumer(side.env(Z4J_HUEY_HEARTBEAT_S="1"), w.tmp, label=f"{side.name}-survivor").start()
         doomed.kill()  # SIGKILL to the process group: no task event, no offline event
         # What Huey's result store may know of a task whose events never arrived: here, a result.
         side.huey.put_result(known.id, 42)
-        survivor = side.consumer = Consumer(side.env(Z4J_HUEY_HEARTBEAT_S="1"), w.tmp,
-                                            label=f"{side.name}-survivor").start()
+        side.consumer = survivor
 
         gone = w.stack.wait_task(lost.id, "lost", timeout=OFFLINE_S + 30)
         assert gone["engine_state"] == "LOST" and gone["worker"] == doomed.worker and gone["finished_at"]
@@ -265,6 +270,7 @@ def test_sigkill_mid_task_ends_lost_or_its_result_store_state(world):
             entry = entries[f"task:{task.id}"]
             assert entry["actor"] == "system" and entry["detail"]["old"] == "started"
             assert entry["detail"]["worker"] == doomed.worker
-        # the new consumer works, and its worker is not touched
+        # the other consumer works, and its worker is not touched
         assert w.stack.wait_task(side.task("add")(2, 3).id, "success")["result"] == 5
         assert w.stack.workers()[survivor.worker]["state"] == "online"
+        survivor.kill()
