@@ -220,8 +220,9 @@ class ConfirmScreen(ModalScreen[dict[str, Any] | None]):
             yield Static(Text("\n".join(self.action_.lines)), classes="dialog-text")
             yield Static(id="dialog-note", classes="dialog-note")
             with Horizontal(classes="dialog-buttons"):
-                yield Button(self.action_.title, id="confirm", variant="error" if self.action_.danger else "primary")
-                yield Button("Cancel", id="cancel")
+                yield Button(self.action_.title, id="confirm", variant="error" if self.action_.danger else "primary",
+                             compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         box = self.query_one(".dialog-box")
@@ -301,8 +302,8 @@ class ActionForm(ModalScreen[Any]):
             yield from self.fields()
             yield Static(id="dialog-note", classes="dialog-note")
             with Horizontal(classes="dialog-buttons"):
-                yield Button(self.SUBMIT, id="submit", variant="primary")
-                yield Button("Cancel", id="cancel")
+                yield Button(self.SUBMIT, id="submit", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
         box = self.query_one(".dialog-box")
@@ -325,8 +326,9 @@ class ActionForm(ModalScreen[Any]):
 
 
 def labelled(label: str, widget: Any) -> ComposeResult:
-    yield Static(label, classes="dialog-label")
-    yield widget
+    """One line of a form: the label, then the field (compact: forms must fit 80x24)."""
+    widget.compact = True
+    yield Horizontal(Static(label, classes="dialog-label"), widget, classes="form-row")
 
 
 # ------------------------------------------------------------------ bulk retry
@@ -378,8 +380,8 @@ class BulkRetryScreen(ModalScreen[dict[str, Any] | None]):
             yield Static("counting the matching tasks…", id="dialog-note", classes="dialog-note")
             yield ProgressBar(total=None, show_eta=False, id="bulk-progress")
             with Horizontal(classes="dialog-buttons"):
-                yield Button("Retry them", id="confirm", variant="primary", disabled=True)
-                yield Button("Close", id="close")
+                yield Button("Retry them", id="confirm", variant="primary", disabled=True, compact=True)
+                yield Button("Close", id="close", compact=True)
 
     def describe_filter(self) -> str:
         parts = ", ".join(f"{k} {v}" for k, v in self.filters.items())

@@ -357,3 +357,22 @@ async def test_trends_groups_charts_and_filter(world):
 
 
 NAMES_ = ("billing.charge", "reports.build", "emails.send")
+
+
+def test_recorded_answers_have_the_live_shape(world):
+    """The schedules and audit snapshots run on recorded answers
+    (tests/tui/test_snapshots_ops.py): they must keep the real answers' shape."""
+    from tests.tui.test_snapshots_ops import RECORDED
+
+    api = world.api("admin")
+    for (method, path), recorded in RECORDED.items():
+        live = api.request(method, path).raise_for_status().json()
+        assert type(live) is type(recorded), path
+        if isinstance(live, list):
+            assert live, path
+            assert all(set(row) == set(live[0]) for row in recorded), path
+        else:
+            assert set(live) == set(recorded), path
+            for key, value in live.items():
+                if isinstance(value, list) and value and isinstance(value[0], dict):
+                    assert all(set(row) == set(value[0]) for row in recorded[key]), (path, key)

@@ -46,9 +46,9 @@ def verify_text(result: dict[str, Any] | None, error: str | None) -> Text:
         if not result.get("rows"):
             return Text("✓ chain verified: no entries yet", style="green")
         anchored = f", anchored on checkpoint {result['anchored_on']}" if result.get("anchored_on") else ""
-        return Text(f"✓ chain verified: {result['rows']} entries, seq {result['first_seq']}–{result['last_seq']}, "
-                    f"head {str(result.get('head_hash'))[:12]}…, {result.get('checkpoints_checked', 0)} "
-                    f"checkpoint(s) checked{anchored}", style="green")
+        return Text(f"✓ chain verified: {result['rows']} entries (seq {result['first_seq']}–{result['last_seq']}), "
+                    f"{result.get('checkpoints_checked', 0)} checkpoint(s){anchored}, "
+                    f"head {str(result.get('head_hash'))[:8]}", style="green")
     problems = result.get("problems") or []
     lines = [f"✗ CHAIN BROKEN: {len(problems)} problem(s) in {result.get('rows')} entries"]
     lines += [f"  seq {p.get('seq')}: {p.get('kind')}: {p.get('message')}" for p in problems[:3]]
@@ -59,8 +59,8 @@ def verify_text(result: dict[str, Any] | None, error: str | None) -> Text:
 
 class AuditScreen(Listing):
     TITLE = "Audit"
-    COLUMNS = (("seq", "seq"), ("time (UTC)", "ts"), ("actor", "actor"), ("action", "action"),
-               ("target", "target"), ("outcome", "outcome"))
+    COLUMNS = (("seq", "seq"), ("time (UTC)", "ts"), ("outcome", "outcome"), ("action", "action"),
+               ("target", "target"), ("actor", "actor"))
     FILTER_HINT = "action:command.* actor:ops@… outcome:refused, or any words…  (/)"
     BINDINGS = [
         Binding("v", "verify", "Verify", tooltip="Verify the audit chain again", id="verify-chain"),
@@ -111,8 +111,8 @@ class AuditScreen(Listing):
 
     def cells(self, row: dict[str, Any]) -> tuple[Any, ...]:
         outcome = row.get("outcome") or ""
-        return (str(row["seq"]), when(row["ts"]), plain(row["actor"]), plain(row["action"]), plain(row["target"]),
-                Text(outcome, style=OUTCOME_STYLES.get(outcome, "yellow")))
+        return (str(row["seq"]), when(row["ts"]), Text(outcome, style=OUTCOME_STYLES.get(outcome, "yellow")),
+                plain(row["action"]), plain(row["target"]), plain(row["actor"]))
 
     def text_of(self, row: dict[str, Any]) -> str:
         return " ".join(str(row.get(k) or "") for k in ("actor", "action", "target", "outcome", "source")) + \

@@ -101,9 +101,11 @@ class PurgeForm(actions.ActionForm):
         self.TITLE_TEXT = f"Purge {queue['name']}"
 
     def fields(self) -> ComposeResult:
-        yield from actions.labelled("only task name (empty: every task)", Input(id="purge-name"))
-        yield from actions.labelled("only older than (90s, 15m, 1h, 2d; empty: any age)", Input(id="purge-age"))
-        yield Checkbox("also delete the queue's dead letters", id="purge-dead")
+        yield from actions.labelled("task name", Input(placeholder="only this task (empty: every task)",
+                                                      id="purge-name"))
+        yield from actions.labelled("older than", Input(placeholder="90s, 15m, 1h, 2d (empty: any age)",
+                                                       id="purge-age"))
+        yield Checkbox("also delete the queue's dead letters", id="purge-dead", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#purge-name", Input).focus()
@@ -125,8 +127,8 @@ class RequeueForm(actions.ActionForm):
         self.TITLE_TEXT = f"Requeue dead letters of {queue['name']}"
 
     def fields(self) -> ComposeResult:
-        yield from actions.labelled("task ids, separated by spaces or commas (empty: every dead letter)",
-                                    Input(id="requeue-ids"))
+        yield from actions.labelled("task ids", Input(placeholder="spaces or commas between (empty: every one)",
+                                                     id="requeue-ids"))
 
     def on_mount(self) -> None:
         self.query_one("#requeue-ids", Input).focus()

@@ -209,13 +209,14 @@ class ScheduleForm(actions.ActionForm):
         i = self.initial
         yield from actions.labelled("name", Input(i["name"], id="sched-name", disabled=self.row is not None))
         yield from actions.labelled("task", Input(i["task"], placeholder="proj.tasks.report", id="sched-task"))
-        yield from actions.labelled("schedule", Select([(k, k) for k in KINDS], allow_blank=False, value=i["kind"],
-                                                       id="sched-kind"))
-        yield Input(i["when"], id="sched-when")
-        yield from actions.labelled("args (JSON array)", Input(i["args"], id="sched-args"))
-        yield from actions.labelled("kwargs (JSON object)", Input(i["kwargs"], id="sched-kwargs"))
-        yield from actions.labelled("queue (empty: the task's default)", Input(i["queue"], id="sched-queue"))
-        yield Checkbox("enabled", i["enabled"], id="sched-enabled")
+        yield from actions.labelled("kind", Select([(k, k) for k in KINDS], allow_blank=False, value=i["kind"],
+                                                   id="sched-kind"))
+        yield from actions.labelled("when", Input(i["when"], id="sched-when"))
+        yield from actions.labelled("args", Input(i["args"], placeholder="a JSON array", id="sched-args"))
+        yield from actions.labelled("kwargs", Input(i["kwargs"], placeholder="a JSON object", id="sched-kwargs"))
+        yield from actions.labelled("queue", Input(i["queue"], placeholder="empty: the task's default",
+                                                   id="sched-queue"))
+        yield Checkbox("enabled", i["enabled"], id="sched-enabled", compact=True)
 
     def on_mount(self) -> None:
         self.kind_changed()

@@ -7,6 +7,7 @@ queue, ``b`` steps through minute (last hour), hour (last day) and day
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ from textual.widgets.option_list import Option
 
 from z4j_tui.app import ScreenSpec, register_screen
 from z4j_tui.client import Client
-from z4j_tui.screens import when
 from z4j_tui.widgets.listing import CSS, FetchFailed, asked, now_of, report_error, report_ok
 
 BUCKETS = {"minute": (60, 60), "hour": (3600, 24), "day": (86400, 30)}
@@ -32,6 +32,11 @@ CHARTS = (("success", "successes", "count"), ("failure", "failures", "count"), (
           ("p95", "runtime p95", "time"), ("p99", "runtime p99", "time"))
 REFRESH_FACTOR = 5
 """Trends move slowly: refreshed every this many app refresh intervals."""
+
+
+def short(ts: float) -> str:
+    """A bucket's start, short enough for the chart's border at 80 columns."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%m-%d %H:%M")
 
 
 def duration(value: float | None) -> str:
@@ -220,7 +225,7 @@ class TrendsScreen(Screen[None]):
             pane.border_subtitle = ""
         else:
             pane.border_title = f"{self.group_by} {chosen.group if chosen.group is not None else '(none)'}"
-            pane.border_subtitle = f"per {self.bucket}, {when(chosen.starts[0])} → {when(chosen.starts[-1] + step)}"
+            pane.border_subtitle = f"per {self.bucket}, {short(chosen.starts[0])} → {short(chosen.starts[-1] + step)} UTC"
 
     def show_status(self) -> None:
         step, count = BUCKETS[self.bucket]

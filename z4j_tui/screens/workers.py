@@ -101,9 +101,11 @@ class WorkerControlScreen(actions.ActionForm):
         self.TITLE_TEXT = f"Control {worker['name']}"
 
     def fields(self) -> ComposeResult:
-        yield Select([(op, op) for op in self.ops], allow_blank=False, value=self.ops[0], id="op")
+        yield from actions.labelled("op", Select([(op, op) for op in self.ops], allow_blank=False,
+                                                 value=self.ops[0], id="op"))
         for param in sorted({p for op in self.ops for p in actions.WORKER_OPS[op][0]}):
-            yield Input(placeholder=HINTS.get(param, param), id=f"param-{param}", classes="param")
+            yield from actions.labelled(param.replace("_", " "), Input(placeholder=HINTS.get(param, param),
+                                                                       id=f"param-{param}"))
 
     def on_mount(self) -> None:
         self.show_params()
@@ -112,8 +114,8 @@ class WorkerControlScreen(actions.ActionForm):
     @on(Select.Changed, "#op")
     def show_params(self) -> None:
         takes = actions.WORKER_OPS[self.op][0]
-        for field in self.query(".param").results(Input):
-            field.display = (field.id or "").removeprefix("param-") in takes
+        for field in self.query(".form-row Input").results(Input):
+            field.parent.display = (field.id or "").removeprefix("param-") in takes  # type: ignore[union-attr]
 
     @property
     def op(self) -> str:
