@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from rich.console import Console
 from textual.app import App
@@ -26,3 +26,17 @@ async def until(pilot, predicate: Callable[[], object], what: str, timeout: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.05)
+
+
+def steady(ready: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A snapshot's ``run_before``: ``ready(pilot)``, then no blinking cursor
+    (its phase at the screenshot would be chance)."""
+    from textual.widgets import Input
+
+    async def run_before(pilot) -> None:
+        await ready(pilot)
+        for field in pilot.app.screen.query(Input):
+            field.cursor_blink = False
+        await pilot.pause()
+
+    return run_before

@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from tests.support.collector import mint_agent, mint_tokens, module_collector, wait_until
-from tests.tui.helpers import screen_text, until
+from tests.tui.helpers import screen_text, steady, until
 from tests.tui.ops_world import OpsApp
-from tests.tui.test_snapshots_tasks import steady
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
