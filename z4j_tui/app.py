@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import work
@@ -99,7 +100,7 @@ def install_screens() -> list[ScreenSpec]:
 
 
 class Z4jApp(App[None]):
-    CSS_PATH = "app.tcss"
+    CSS_PATH = str(Path(__file__).with_name("app.tcss"))  # absolute: subclasses live elsewhere
     TITLE = "z4j"
     BINDINGS = [
         Binding("question_mark,f1", "help", "Help", id="help"),
