@@ -17,6 +17,7 @@ task matching the list's filters with a progress bar.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -273,6 +274,89 @@ def confirm_and_run(screen: Screen, action: Action, then: Callable[[dict[str, An
     app.push_screen(dialog, then)
 
 
+# ------------------------------------------------------------------ on the task screens
+
+
+ROLE_RETRY_S = 10.0
+"""After a failed ask (collector away), the role is asked again no sooner than this."""
+
+
+def role_of(screen: Screen) -> str | None:
+    """The caller's role on the app's project, asked once per project (a
+    worker thread); the screen's bindings are refreshed when it is known.
+    None (no action shown) until then."""
+    app: Any = screen.app
+    roles: dict[str, tuple[str | None, float]] = app.__dict__.setdefault("_z4j_roles", {})
+    project = app.project
+    role, asked_at = roles.get(project, (None, None))
+    if asked_at is None or (role is None and asked_at != 0 and time.monotonic() - asked_at > ROLE_RETRY_S):
+        roles[project] = (None, time.monotonic())
+
+        def ask() -> None:
+            try:
+                answer = app.client.my_role(project)
+            except ClientError:
+                return  # asked again after ROLE_RETRY_S
+            app.call_from_thread(known, answer)
+
+        def known(answer: str | None) -> None:
+            roles[project] = (answer, 0)  # 0: answered, never asked again
+            screen.refresh_bindings()
+
+        screen.run_worker(ask, thread=True, group="role", exit_on_error=False)
+    return role
+
+
+class TaskActions:
+    """Mixed into a screen that shows tasks (before ``Screen``): R retries
+    and C cancels the task it names (``acted_task``), with a confirmation;
+    both hidden from roles below operator. ``TASK_BINDINGS`` go into the
+    screen's BINDINGS; a list adds ``BULK_BINDING`` and ``bulk_filters``."""
+
+    TASK_BINDINGS = [
+        Binding("R", "retry_task", "Retry", tooltip="Run the task again with its original arguments (asks first)",
+                id="retry-task"),
+        Binding("C", "cancel_task", "Cancel", tooltip="Revoke a waiting task, terminate a running one (asks first)",
+                id="cancel-task"),
+    ]
+    BULK_BINDING = Binding("B", "bulk_retry", "Bulk retry", tooltip="Retry every task the filter matches (asks "
+                           "first; failures when no state is chosen)", id="bulk-retry")
+
+    def acted_task(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def bulk_filters(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def after_action(self) -> None:
+        """The action went through (or was refused): show the task's news."""
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("retry_task", "cancel_task", "bulk_retry"):
+            return may_act(role_of(self))  # type: ignore[arg-type]
+        return True
+
+    def action_retry_task(self) -> None:
+        task = self.acted_task()
+        if task is not None:
+            confirm_and_run(self, retry(task), lambda command: self.after_action())  # type: ignore[arg-type]
+
+    def action_cancel_task(self) -> None:
+        task = self.acted_task()
+        if task is None:
+            return
+        if not can_cancel(task):
+            self.notify(f"{task['task_id']} has ended ({task.get('state')}): nothing to cancel",  # type: ignore[attr-defined]
+                        title="Cancel", markup=False)
+            return
+        confirm_and_run(self, cancel(task), lambda command: self.after_action())  # type: ignore[arg-type]
+
+    def action_bulk_retry(self) -> None:
+        app: Any = self.app  # type: ignore[attr-defined]
+        app.push_screen(BulkRetryScreen(app.client, app.project, self.bulk_filters()),
+                        lambda job: self.after_action())
+
+
 # ------------------------------------------------------------------ forms before a confirmation
 
 
@@ -440,8 +524,6 @@ class BulkRetryScreen(ModalScreen[dict[str, Any] | None]):
 
     @work(thread=True, exclusive=True, group="bulk", exit_on_error=False)
     def run_job(self) -> None:
-        import time
-
         try:
             job = self.client.action(self.project, "tasks/bulk-retry", {**self.filters, "limit": self.limit,
                                                                          "wait": 1.0})

@@ -18,7 +18,7 @@ from tests.support.collector import module_collector
 from tests.tui.helpers import screen_text, until
 from tests.tui.ops_world import P, OpsApp, World, make_world
 from z4j_tui import actions
-from z4j_tui.actions import BulkRetryScreen, ConfirmScreen
+from z4j_tui.actions import ConfirmScreen
 from z4j_tui.client import Client
 from z4j_tui.screens.audit import AuditScreen
 from z4j_tui.screens.queues import QueuesScreen
@@ -179,16 +179,44 @@ async def test_queues_filter_purge_and_requeue(world):
 
 
 async def test_task_actions_retry_cancel_and_bulk_retry(world):
-    op = Console(world, "operator", "workers")
+    """R, C and B on the task list and the detail (the task screens take
+    them from z4j_tui.actions.TaskActions)."""
+    op = Console(world, "operator", "tasks")
     async with run(op) as pilot:
-        await op.open(pilot, WorkersScreen)
-        api = world.api("viewer")
-        task = api.get(f"{P}/tasks/billing-00").json()
-        op.app.call_next(actions.confirm_and_run, op.app.screen, actions.retry(task))
+        await until(pilot, lambda: getattr(op.app.screen, "tasks", None), "the tasks")
+        tasks = op.app.screen
+        await pilot.press("slash", *"name:billing.charge state:failure", "enter")
+        await until(pilot, lambda: len(tasks.tasks) == 6, "the six billing failures")
+        await until(pilot, lambda: "Retry" in screen_text(op.app), "R in the footer (the role is known)")
+        first = tasks.cursor_task()["task_id"]
+        await pilot.press("R")
         note = await op.confirm(pilot, "Runs billing.charge again as a new task, with its exact original arguments "
                                        "and routing (queue billing).")
-        assert note == "retried billing-00 as new-billing-00"
+        assert note == f"retried {first} as new-{first}"
 
+        # B: every failure the filter matches, each once; the bar follows the job to its end
+        retried = sum(1 for action, _ in world.calls if action == "celery.retry")
+        await pilot.press("B")
+        await until(pilot, lambda: "6 task(s) match." in screen_text(op.app), "the dry run")
+        assert "state failure, name billing.charge" in screen_text(op.app)
+        await pilot.press("y")
+        await until(pilot, lambda: any("retried of 6 matched" in n for n in op.notes()), "the job's end")
+        bar = op.app.screen.query_one("#bulk-progress")
+        assert (bar.total, bar.progress) == (6, 6)
+        summary = next(n for n in op.notes() if "retried of 6 matched" in n)
+        assert "5 retried of 6 matched, 1 already retried." in summary  # the one R retried above
+        assert sum(1 for action, _ in world.calls if action == "celery.retry") == retried + 5
+        await pilot.press("escape")
+
+        # the detail: C on a failure has nothing to cancel, and says so without asking
+        await pilot.press("enter")
+        await until(pilot, lambda: getattr(op.app.screen, "shown", None), "the detail")
+        await pilot.press("C")
+        await until(pilot, lambda: any("has ended (failure): nothing to cancel" in n for n in op.notes()),
+                    "the note")
+        await pilot.press("escape")
+
+        api = world.api("viewer")
         running = api.get(f"{P}/tasks/run-1").json()
         op.app.call_next(actions.confirm_and_run, op.app.screen, actions.cancel(running))
         note = await op.confirm(pilot, "Task run-1 (reports.build) is running on worker w1.",
@@ -203,20 +231,18 @@ async def test_task_actions_retry_cancel_and_bulk_retry(world):
         op.app.call_next(actions.confirm_and_run, op.app.screen, actions.cancel(stale))
         note = await op.confirm(pilot, "Task reports-01 (reports.build) has not started (pending).")
         assert note.startswith("409: ") and "(task_finished)" in note
-
-        # bulk retry: a dry run counts, y starts the job, the bar follows it to the end
-        retried = sum(1 for action, _ in world.calls if action == "celery.retry")
-        op.app.call_next(op.app.push_screen,
-                         BulkRetryScreen(op.client, "default", {"state": "failure", "name": "billing.charge"}))
-        await until(pilot, lambda: "6 task(s) match." in screen_text(op.app), "the dry run")
-        await pilot.press("y")
-        await until(pilot, lambda: any("retried of 6 matched" in n for n in op.notes()), "the job's end")
-        bar = op.app.screen.query_one("#bulk-progress")
-        assert (bar.total, bar.progress) == (6, 6)
-        summary = next(n for n in op.notes() if "retried of 6 matched" in n)
-        assert "5 retried of 6 matched, 1 already retried." in summary  # billing-00 was retried above
-        assert sum(1 for action, _ in world.calls if action == "celery.retry") == retried + 5
     op.client.close()
+
+    # a viewer is not offered R, C or B, and the keys do nothing
+    viewer = Console(world, "viewer", "tasks")
+    async with run(viewer) as pilot:
+        await until(pilot, lambda: getattr(viewer.app.screen, "tasks", None), "the tasks")
+        await until(pilot, lambda: viewer.app.__dict__.get("_z4j_roles", {}).get("default", (None,))[0] == "viewer",
+                    "the role")
+        await pilot.press("R", "C", "B")
+        assert viewer.app.screen.__class__.__name__ == "TasksScreen"
+        assert "Retry" not in screen_text(viewer.app)
+    viewer.client.close()
 
 
 async def test_schedules_create_edit_toggle_trigger_delete(world):
