@@ -21,6 +21,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
+from z4j_tui.actions import TaskActions
 from z4j_tui.client import Client, ClientError
 from z4j_tui.screens import plain, seconds, state_text, when
 
@@ -31,8 +32,8 @@ CHILDREN = 20
 """Children listed under links; the tree has them all."""
 
 
-class TaskDetailScreen(Screen[None]):
-    BINDINGS = [Binding("escape", "app.pop_screen", "Back", id="back"),
+class TaskDetailScreen(TaskActions, Screen[None]):
+    BINDINGS = [*TaskActions.TASK_BINDINGS,Binding("escape", "app.pop_screen", "Back", id="back"),
                 Binding("t", "tree", "Tree", tooltip="The workflow tree (DAG) this task belongs to", id="detail-tree"),
                 Binding("l", "focus_links", "Links", tooltip="Parent, root and children: enter opens one",
                         id="focus-links")]
@@ -96,10 +97,16 @@ class TaskDetailScreen(Screen[None]):
         self.query_one("#fields", Static).update(plain(message.error))
         self.app.report_error(message.exc)
 
+    def acted_task(self) -> dict[str, Any] | None:  # R, C (z4j_tui.actions)
+        return getattr(self, "shown", None)
+
+    def after_action(self) -> None:
+        self.load()
+
     @on(Loaded)
     def show_task(self, message: Loaded) -> None:
         self.app.report_ok()
-        task = message.task
+        task = self.shown = message.task
         self.show_links(task, message.children)
         self.sub_title = f"{task['name'] or ''}  {task['task_id']}"
         self.query_one("#fields", Static).update(self.fields_table(task))

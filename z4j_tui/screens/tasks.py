@@ -32,6 +32,7 @@ from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from z4j_tui.actions import TaskActions
 from z4j_tui.client import Client, ClientError
 from z4j_tui.screens import STATE_COLORS, plain, seconds, state_text, when
 from z4j_tui.stream import Stream
@@ -149,8 +150,8 @@ class TaskTable(DataTable):
                 Binding("home", "scroll_top", "First", show=False, tooltip="The first row")]
 
 
-class TasksScreen(Screen[None]):
-    BINDINGS = [
+class TasksScreen(TaskActions, Screen[None]):
+    BINDINGS = [*TaskActions.TASK_BINDINGS, TaskActions.BULK_BINDING,
         Binding("s", "cycle_state", "State", tooltip="Cycle the state filter", id="cycle-state"),
         Binding("slash", "focus_filter", "Filter", tooltip="Filter: state: name: queue: worker: engine: "
                 "since: until: and free text", id="focus-filter"),
@@ -475,6 +476,12 @@ class TasksScreen(Screen[None]):
 
     def cursor_task(self) -> dict[str, Any] | None:
         return self.tasks.get(self.cursor_key() or "")
+
+    def acted_task(self) -> dict[str, Any] | None:  # R, C (z4j_tui.actions)
+        return self.cursor_task()
+
+    def bulk_filters(self) -> dict[str, Any]:  # B
+        return self.filter.params()
 
     def set_filter(self, filter: TaskFilter) -> None:
         if filter == self.filter:
