@@ -273,3 +273,35 @@ def test_no_agent_marks_for_later_then_lost_after_the_grace(collector, root):
         assert json.loads(z4j("reconciler", "run", "--project", slug, "--json", env=admin).stdout)["looked"] == 0
     finally:
         agent.stop()
+
+
+def test_each_task_is_probed_by_the_agent_that_reported_it(collector, root):
+    """Two apps of one engine in a project (two Huey instances, say): each
+    knows only its own result store, so each stuck task is probed by the
+    agent that reported it, not by whichever agent of the engine comes first."""
+    slug, engine = "twoapps", "appq"
+    apis = project(collector, root, slug)
+    asked: dict[str, list[str]] = {"app-a": [], "app-b": []}
+    agents = []
+    for name in asked:
+        creds = mint_agent(collector, name, project=slug)
+        agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine=engine, start=False)
+        agent.on_command(f"{engine}.probe", lambda args, name=name: asked[name].extend(args["task_ids"]) or {
+            "tasks": {t: ({"state": "success", "engine_state": "done"} if t.startswith(name) else
+                          {"state": "unknown"}) for t in args["task_ids"]}})
+        agent.runtime.start()
+        agents.append(agent)
+    try:
+        for agent, name in zip(agents, asked):
+            wait_agent_connected(apis["admin"], name, project=slug)
+            for i in range(3):
+                agent.task(f"{name}-{i}", "started", name="jobs.work", worker=f"w-{name}", queue=name)
+            agent.worker(f"w-{name}", "offline")
+            assert agent.flush(30)
+        stats = run(apis["operator"])
+        assert stats["settled"] == 6, stats
+        assert sorted(asked["app-a"]) == [f"app-a-{i}" for i in range(3)]
+        assert sorted(asked["app-b"]) == [f"app-b-{i}" for i in range(3)]
+    finally:
+        for agent in agents:
+            agent.stop()

@@ -230,7 +230,21 @@ class Reconciler:
     async def _engine_pass(self, project_id: int, engine: str, tasks: list[dict[str, Any]], cfg: dict[str, Any],
                            now: float, stats: PassStats) -> None:
         action = f"{engine}.probe"
-        session = self.registry.find(project_id, action, engine)
+        # Each task is probed by the agent that reported it when that agent
+        # can probe (several apps of one engine in a project each know only
+        # their own store), else by any agent of the engine that can.
+        groups: dict[int, tuple[Any, list[dict[str, Any]]]] = {}
+        for task in tasks:
+            session = self.registry.get(task["agent_id"], action) if task["agent_id"] is not None else None
+            if session is None or session.project_id != project_id:
+                session = self.registry.find(project_id, action, engine)
+            groups.setdefault(id(session), (session, []))[1].append(task)
+        for session, group in groups.values():
+            await self._probe_group(project_id, engine, session, group, cfg, now, stats)
+
+    async def _probe_group(self, project_id: int, engine: str, session: Any, tasks: list[dict[str, Any]],
+                           cfg: dict[str, Any], now: float, stats: PassStats) -> None:
+        action = f"{engine}.probe"
         changes: list[tuple[dict[str, Any], p.TaskEvent, str]] = []
         later: list[dict[str, Any]] = []
         if session is None:

@@ -24,7 +24,7 @@ from z4j_collector import taskmerge
 SETTING_COLUMNS = ("stuck_after_s", "worker_offline_after_s", "reconcile_batch", "lost_unprobed_after_s")
 CANDIDATE_COLUMNS = (
     "engine", "task_id", "state", "worker", "received_at", "started_at", "updated_at", "reconcile_attempts",
-    "worker_state", "worker_seen_at",
+    "worker_state", "worker_seen_at", "agent_id",
 )
 OPEN_STATES = ("received", "started")
 _encode = msgspec.json.Encoder().encode
@@ -54,7 +54,7 @@ class ReconcileSql:
         offline_before = now - worker_offline_after_s
         rows = await self.fetchall(  # type: ignore[attr-defined]
             "SELECT t.engine, t.task_id, t.state, t.worker, t.received_at, t.started_at, t.updated_at, "
-            "t.reconcile_attempts, w.state, w.last_seen_at "
+            "t.reconcile_attempts, w.state, w.last_seen_at, t.agent_id "
             "FROM tasks t LEFT JOIN workers w ON w.project_id = t.project_id AND w.engine = t.engine "
             "AND w.name = t.worker "
             "WHERE t.project_id = ? AND t.state IN ('received', 'started') "
