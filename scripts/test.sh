@@ -7,7 +7,8 @@
 # environment and its own tests:
 #   main        .venv          everything except tests/engines/
 #   <name>      .venvs/<name>  tests/engines/<name>/ only
-# PYTEST_ARGS go to every family. Paths among them pick families: a path under
+# Families run in two lanes at once (main | the engines one after another),
+# each family's output printed whole when it ends. PYTEST_ARGS go to every family. Paths among them pick families: a path under
 # tests/engines/<name>/ runs in <name>, any other path in main; a family none
 # of the paths belong to is skipped. (An argument counts as a path when it
 # does not start with "-" and names an existing file or folder.)
@@ -73,12 +74,17 @@ family_paths() {
 }
 
 FAILED=()
+RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/z4j-test-run.XXXXXX")
+trap 'rm -rf "$RUN_DIR"' EXIT
+PREPARED=()
 
-# run_family NAME EXTRAS... -- PYTEST_ARGS...
+# prepare_family NAME EXTRAS... -- PYTEST_ARGS...
 #   EXTRAS: an optional-dependency name each (-> uv sync --extra NAME); words
 #   starting with "-" go to uv sync verbatim (e.g. --group=dev).
 #   PYTEST_ARGS: the family's own pytest arguments; the user's go after them.
-run_family() {
+# Syncs the family's environment now and writes its pytest command to
+# $RUN_DIR/NAME.sh; run_lane runs them.
+prepare_family() {
     local name=$1; shift
     local sync_args=() pytest_args=() targets=() env_dir header rc
     while [ $# -gt 0 ] && [ "$1" != -- ]; do
@@ -105,8 +111,7 @@ run_family() {
         fi
         targets=("tests/engines/$name")
     fi
-    echo "$header"
-
+    echo "=== syncing family $name ($env_dir)"
     rc=0
     UV_PROJECT_ENVIRONMENT=$env_dir uv sync --frozen --compile-bytecode --python "$PYTHON" "${sync_args[@]}" || rc=$?
     if [ $rc -ne 0 ]; then
@@ -114,34 +119,67 @@ run_family() {
         FAILED+=("$name")
         return 0
     fi
-    UV_PROJECT_ENVIRONMENT=$env_dir uv run --frozen --no-sync python -m pytest \
-        -n 2 -q -p no:cacheprovider ${pytest_args[@]+"${pytest_args[@]}"} \
-        ${OPTS[@]+"${OPTS[@]}"} ${targets[@]+"${targets[@]}"} || rc=$?
-    if [ $rc -eq 5 ] && [ "$name" != main ]; then
-        echo "=== family $name: no tests collected"
+    {
+        echo "echo $(printf '%q' "$header")"
+        printf 'UV_PROJECT_ENVIRONMENT=%q uv run --frozen --no-sync python -m pytest -n 2 -q -p no:cacheprovider' "$env_dir"
+        printf ' %q' ${pytest_args[@]+"${pytest_args[@]}"} ${OPTS[@]+"${OPTS[@]}"} ${targets[@]+"${targets[@]}"}
+        echo
+    } > "$RUN_DIR/$name.sh"
+    PREPARED+=("$name")
+}
+
+# run_lane NAME... : runs the prepared families one after another, each
+# family's output kept in its log and printed whole when it ends; the
+# failed ones are listed in $RUN_DIR/failed.
+run_lane() {
+    local name rc
+    for name in "$@"; do
+        [ -f "$RUN_DIR/$name.sh" ] || continue
         rc=0
-    fi
-    if [ $rc -ne 0 ]; then
-        echo "=== family $name: FAILED (pytest exit $rc)"
-        FAILED+=("$name")
-    fi
-    return 0
+        bash "$RUN_DIR/$name.sh" > "$RUN_DIR/$name.log" 2>&1 || rc=$?
+        if [ $rc -eq 5 ] && [ "$name" != main ]; then
+            echo "=== family $name: no tests collected" >> "$RUN_DIR/$name.log"
+            rc=0
+        fi
+        if [ $rc -ne 0 ]; then
+            echo "=== family $name: FAILED (pytest exit $rc)" >> "$RUN_DIR/$name.log"
+            echo "$name" >> "$RUN_DIR/failed"
+        fi
+        cat "$RUN_DIR/$name.log"
+    done
 }
 
 # --------------------------------------------------------------- families
-run_family main all celery --group=dev --group=bench --group=tui-test -- --ignore=tests/engines
+prepare_family main all celery --group=dev --group=bench --group=tui-test -- --ignore=tests/engines
 # Celery tests share one real worker per test file (module fixtures): keep a
 # file's tests in one xdist process.
-run_family celery celery collector --group=dev -- --dist=loadfile
+prepare_family celery celery collector --group=dev -- --dist=loadfile
 
 # One environment per engine (arq's redis<6 cannot live with the others, and a
 # family of its own keeps each engine's pins honest). Each family's tests share
 # real workers per file, so a file stays in one xdist process.
-run_family rq       rq       collector --group=dev --group=rq-test       -- --dist=loadfile
-run_family huey     huey     collector --group=dev --group=huey-test     -- --dist=loadfile
-run_family arq      arq      collector --group=dev                       -- --dist=loadfile
-run_family dramatiq dramatiq collector --group=dev --group=dramatiq-test -- --dist=loadfile
-run_family taskiq   taskiq   collector --group=dev --group=taskiq-test   -- --dist=loadfile
+prepare_family rq       rq       collector --group=dev --group=rq-test       -- --dist=loadfile
+prepare_family huey     huey     collector --group=dev --group=huey-test     -- --dist=loadfile
+prepare_family arq      arq      collector --group=dev                       -- --dist=loadfile
+prepare_family dramatiq dramatiq collector --group=dev --group=dramatiq-test -- --dist=loadfile
+prepare_family taskiq   taskiq   collector --group=dev --group=taskiq-test   -- --dist=loadfile
+
+# Two lanes at once: the main family, and the engine families one after
+# another. Engine tests mostly wait on real workers, so they overlap well with
+# the main family; Z4J_TEST_LANES=1 runs everything in one lane.
+ENGINES=(celery rq huey arq dramatiq taskiq)
+if [ "${Z4J_TEST_LANES:-2}" = 1 ]; then
+    run_lane main "${ENGINES[@]}"
+else
+    run_lane main &
+    MAIN_LANE=$!
+    run_lane "${ENGINES[@]}"
+    wait "$MAIN_LANE"
+fi
+if [ -f "$RUN_DIR/failed" ]; then
+    mapfile -t LANE_FAILED < "$RUN_DIR/failed"
+    FAILED+=("${LANE_FAILED[@]}")
+fi
 
 if [ ${#FAILED[@]} -gt 0 ]; then
     echo "=== FAILED families: ${FAILED[*]}"
