@@ -6,7 +6,10 @@ One collector and one worker (two processes) per database for the module.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 
 import pytest
 from redis import Redis
@@ -98,7 +101,9 @@ def test_smart_retries_show_attempts_of_one_task(world):
     stack, _, producer, _ = world
     # the flag is never set: 3 attempts (the task's labels, as its own kicker sends them), then failure
     task_id = producer.kick("proj.flaky", "never", [1], labels={"retry_on_error": True, "max_retries": 3})
-    task = stack.wait_task(task_id, "failure")
+    stack.wait_task(task_id, "failure")
+    # the attempts ran in either process: wait until both processes' events are in
+    task = wait_until(lambda: len((t := stack.task(task_id))["events"]) >= 8 and t, 15, "every attempt's events")
     kinds = [e["kind"] for e in task["events"]]
     assert kinds == ["started", "retried", "sent", "started", "retried", "sent", "started", "failed"], kinds
     assert [e["retries"] for e in task["events"] if e["kind"] == "started"] == [0, 1, 2]
@@ -141,6 +146,13 @@ def test_heartbeats_then_warm_shutdown_marks_both_processes_offline(world):
     processed = sum(stack.workers()[n]["info"]["processed"] for n in names)
     assert processed >= 20
 
-    assert proc.stop() == 0
+    # SIGTERM: each worker process stops fetching and shuts its broker down (the agent sends offline and
+    # flushes). An idle ListQueueBroker worker waits in BRPOP (socket_timeout=None, see proj.py) until a
+    # message arrives: one unreadable message per process lets that wait end (taskiq skips it).
+    os.kill(proc.proc.pid, signal.SIGTERM)
+    wait_until(lambda: proc.log().count("Stopped process worker-") == 2, 30, "the supervisor to signal its workers")
+    time.sleep(0.2)
+    Redis.from_url(stack.redis_url).lpush("taskiq", b"wake-up", b"wake-up")
+    assert proc.proc.wait(60) == 0
     wait_until(lambda: all(stack.workers()[n]["state"] == "offline" for n in names), 15, "workers offline")
     assert stack.connections() == 2
