@@ -16,9 +16,10 @@ jobs/s: N divided by the time from the start of a marker job queued before
 the N (the first the worker takes) to the end of one queued after them (the
 last it takes); the worker's defaults (max_jobs 10, results kept an hour)
 except ``poll_delay`` 0.01 s, so that the queue, not the poll sleep, sets
-the pace. After an agent run the script checks that the collector stored
-every job as succeeded. CPU: the worker's process (its loop and the agent's
-threads) between the two markers, per job.
+the pace. In an agent run the script then waits until the collector holds
+every job as succeeded (``stored``) before it stops the worker. CPU: the
+worker's process (its loop and the agent's threads) between the two
+markers, per job.
 
 This module is also the arq application the worker runs.
 """
@@ -91,7 +92,8 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_once(n: int, agent_env: dict[str, str] | None, redis_client, workdir: Path, timeout: float = 600.0) -> dict:
+def run_once(n: int, agent_env: dict[str, str] | None, redis_client, workdir: Path, delivered=None,
+             timeout: float = 600.0) -> dict:
     redis_client.flushall()
     key = f"run-{time.time_ns()}"
     _enqueue(redis_client, n, key)
@@ -113,6 +115,7 @@ def run_once(n: int, agent_env: dict[str, str] | None, redis_client, workdir: Pa
                 cpu_at_start = _cpu(proc.pid)
             time.sleep(0.02)
         worker_cpu = _cpu(proc.pid) - (cpu_at_start or 0.0)
+        stored = delivered() if delivered is not None else None  # before the stop: no shutdown flush deadline
     finally:
         os.kill(proc.pid, signal.SIGTERM)  # the agent reports offline and flushes what it holds
         try:
@@ -122,8 +125,11 @@ def run_once(n: int, agent_env: dict[str, str] | None, redis_client, workdir: Pa
             proc.wait(10)
     start = float(redis_client.get(f"{key}:start"))
     end = float(redis_client.get(f"{key}:end"))
-    return {"agent": agent_env is not None, "jobs_per_s": round(n / (end - start), 1),
-            "seconds": round(end - start, 3), "worker_cpu_ms_per_job": round(worker_cpu * 1000 / n, 3)}
+    result = {"agent": agent_env is not None, "jobs_per_s": round(n / (end - start), 1),
+              "seconds": round(end - start, 3), "worker_cpu_ms_per_job": round(worker_cpu * 1000 / n, 3)}
+    if stored is not None:
+        result["stored"] = stored
+    return result
 
 
 def _stored(api, n: int, timeout: float = 120.0) -> int:
@@ -168,10 +174,12 @@ def main() -> None:
             for i in range(args.runs):
                 for label in ("without", "with"):
                     print(f"run {i + 1}/{args.runs} {label} the agent: {args.jobs:,} no-op jobs", file=sys.stderr)
-                    result = run_once(args.jobs, agent_env if label == "with" else None, redis_client, workdir)
+                    delivered = None
                     if label == "with":
                         stored_total += args.jobs + 2
-                        result["stored"] = _stored(api, stored_total) - (stored_total - args.jobs - 2)
+                        delivered = (lambda total=stored_total: _stored(api, total) - (total - args.jobs - 2))
+                    result = run_once(args.jobs, agent_env if label == "with" else None, redis_client, workdir,
+                                      delivered)
                     runs[label].append(result)
                     print(f"  {result}", file=sys.stderr)
         finally:

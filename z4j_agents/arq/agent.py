@@ -38,6 +38,7 @@ bootstrap_log = logging.getLogger("z4j.arq.worker_bootstrap")
 
 BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
 DRAIN_S = 0.05
+DRAIN_CHUNK = 200
 MAX_FIRES = 1000
 ENV_OPTIONS = (("heartbeat_s", "Z4J_ARQ_HEARTBEAT_S"), ("queue_depth_s", "Z4J_ARQ_QUEUE_DEPTH_S"))
 
@@ -171,8 +172,9 @@ class ArqAgent:
         monitor = asyncio.create_task(self._monitor())
         try:
             while not self._stop.is_set():
-                self.drain()
-                await asyncio.sleep(DRAIN_S)
+                self.drain(DRAIN_CHUNK)
+                # short bursts: between chunks the GIL goes back to the worker's loop
+                await asyncio.sleep(DRAIN_S if not capture.state.notes else 0.001)
         finally:
             monitor.cancel()
             await asyncio.gather(monitor, return_exceptions=True)
