@@ -115,16 +115,7 @@ async def test_workers_filter_and_control(world):
         await pilot.press("escape")
         assert isinstance(op.app.screen, WorkersScreen) and len(world.calls) == calls
 
-    # a viewer sees the workers, not the control
-    viewer = Console(world, "viewer", "workers")
-    async with run(viewer) as pilot:
-        await viewer.open(pilot, WorkersScreen)
-        await until(pilot, lambda: len(viewer.rows()) == 3 and viewer.app.screen.role_known, "the workers")
-        assert "Control" not in screen_text(viewer.app)
-        await pilot.press("c")
-        assert isinstance(viewer.app.screen, WorkersScreen)
     op.client.close()
-    viewer.client.close()
 
 
 async def submit(pilot, app) -> None:
@@ -175,6 +166,13 @@ async def test_queues_filter_purge_and_requeue(world):
         assert "Deletes every message waiting in queue billing" in dialog_text(op.app)
         await pilot.press("escape")
         assert isinstance(op.app.screen, QueuesScreen) and len(world.calls) == calls
+
+        # an operator may switch schedules on and off and trigger them, not create, edit or delete
+        await pilot.press("4")
+        await until(pilot, lambda: isinstance(op.app.screen, SchedulesScreen) and op.rows()
+                    and "Trigger" in screen_text(op.app), "the schedules with their operator keys")
+        text = screen_text(op.app)
+        assert "On/off" in text and "New" not in text and "Edit" not in text and "Delete" not in text
     op.client.close()
 
 
@@ -233,16 +231,6 @@ async def test_task_actions_retry_cancel_and_bulk_retry(world):
         assert note.startswith("409: ") and "(task_finished)" in note
     op.client.close()
 
-    # a viewer is not offered R, C or B, and the keys do nothing
-    viewer = Console(world, "viewer", "tasks")
-    async with run(viewer) as pilot:
-        await until(pilot, lambda: getattr(viewer.app.screen, "tasks", None), "the tasks")
-        await until(pilot, lambda: viewer.app.__dict__.get("_z4j_roles", {}).get("default", (None,))[0] == "viewer",
-                    "the role")
-        await pilot.press("R", "C", "B")
-        assert viewer.app.screen.__class__.__name__ == "TasksScreen"
-        assert "Retry" not in screen_text(viewer.app)
-    viewer.client.close()
 
 
 async def test_schedules_create_edit_toggle_trigger_delete(world):
@@ -312,21 +300,9 @@ async def test_schedules_create_edit_toggle_trigger_delete(world):
         assert isinstance(admin.app.screen, SchedulesScreen)
     admin.client.close()
 
-    # an operator may switch and trigger, not create
-    op = Console(world, "operator", "schedules")
-    async with run(op) as pilot:
-        await op.open(pilot, SchedulesScreen)
-        await until(pilot, lambda: op.rows() and op.app.screen.role_known, "the schedules")
-        await until(pilot, lambda: "Trigger" in screen_text(op.app), "the footer")
-        text = screen_text(op.app)
-        assert "On/off" in text and "Trigger" in text and "New" not in text and "Delete" not in text
-    op.client.close()
 
 
 async def test_audit_filter_detail_and_verification(world):
-    api = world.api("operator")
-    api.post(f"{P}/queues/reports/purge", json={})  # refused: confirm_required, and audited as such?
-    api.post(f"{P}/tasks/nope/retry", json={})
     op = Console(world, "operator", "audit")
     async with run(op) as pilot:
         await op.open(pilot, AuditScreen)
@@ -343,17 +319,12 @@ async def test_audit_filter_detail_and_verification(world):
         await until(pilot, lambda: op.rows() and all("nightly" in r[4] for r in op.rows()), "nightly's entries")
         await pilot.press("enter")
         await until(pilot, lambda: "seq " in screen_text(op.app) and '"actor"' in screen_text(op.app), "the detail")
-
-    viewer = Console(world, "viewer", "audit")
-    async with run(viewer) as pilot:
-        await viewer.open(pilot, AuditScreen)
-        await until(pilot, lambda: any("(forbidden)" in n for n in viewer.notes("error")), "the refusal")
-        assert viewer.rows() == []
     op.client.close()
-    viewer.client.close()
 
 
-async def test_trends_groups_charts_and_filter(world):
+
+
+async def test_trends_and_what_a_viewer_is_offered(world):
     viewer = Console(world, "viewer", "trends")
 
     def groups() -> list[str]:
@@ -379,6 +350,36 @@ async def test_trends_groups_charts_and_filter(world):
         await pilot.press("b")  # hours: the same tasks in one or two buckets
         await until(pilot, lambda: screen.bucket == "hour" and groups() == ["billing"], "hour buckets")
         assert "per hour, last day" in screen_text(viewer.app)
+
+        # a viewer reads every screen but is offered no action, and the keys do nothing
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(viewer.app.screen, WorkersScreen) and len(viewer.rows()) == 3
+                    and viewer.app.screen.role_known, "the workers")
+        assert "Control" not in screen_text(viewer.app)
+        await pilot.press("c")
+        assert isinstance(viewer.app.screen, WorkersScreen)
+        await pilot.press("3")
+        await until(pilot, lambda: isinstance(viewer.app.screen, QueuesScreen) and viewer.app.screen.role_known,
+                    "the queues")
+        await pilot.press("p", "d")
+        assert isinstance(viewer.app.screen, QueuesScreen) and "Purge" not in screen_text(viewer.app)
+        await pilot.press("4")
+        await until(pilot, lambda: isinstance(viewer.app.screen, SchedulesScreen) and viewer.rows()
+                    and viewer.app.screen.role_known, "the schedules")
+        await pilot.press("n", "e", "x", "space", "t")
+        assert isinstance(viewer.app.screen, SchedulesScreen)
+        text = screen_text(viewer.app)
+        assert not any(word in text for word in ("New", "Edit", "On/off", "Trigger", "Delete"))
+        await pilot.press("5")  # the audit log is for operators: the server's refusal, once
+        await until(pilot, lambda: any("(forbidden)" in n for n in viewer.notes("error")), "the refusal")
+        assert viewer.rows() == []
+        await pilot.press("1")
+        await until(pilot, lambda: getattr(viewer.app.screen, "tasks", None), "the tasks")
+        await until(pilot, lambda: viewer.app.__dict__.get("_z4j_roles", {}).get("default", (None,))[0] == "viewer",
+                    "the role")
+        await pilot.press("R", "C", "B")
+        assert viewer.app.screen.__class__.__name__ == "TasksScreen"
+        assert "Retry" not in screen_text(viewer.app)
     viewer.client.close()
 
 

@@ -202,3 +202,23 @@ def test_purge_confirmation(pinned, snap_compare):
 def test_schedule_form(snap_compare):
     app = SnapApp(RecordedClient(), "default", refresh_interval=3600, now=lambda: NOW, start="schedules")
     assert snap_compare(app, run_before=steady(schedule_form))
+
+
+def test_a_broken_chain_says_where():
+    """What the audit screen puts on top when verification fails (the
+    collector's own tests tamper with real chains: tests/collector/test_audit.py)."""
+    from z4j_tui.screens.audit import verify_text
+
+    broken = {**RECORDED[("GET", "/api/v1/projects/default/audit/verify")], "ok": False, "problems": [
+        {"seq": 4, "row_id": 4, "kind": "changed", "message": "hash does not match the row"},
+        {"seq": 5, "row_id": 5, "kind": "broken_link", "message": "prev_hash is not the hash of seq 4"},
+        {"seq": 7, "row_id": None, "kind": "missing", "message": "seq 7 is missing"},
+        {"seq": 9, "row_id": 9, "kind": "changed", "message": "hash does not match the row"}]}
+    lines = verify_text(broken, None, {"bad": "#ff0000"}).plain.splitlines()
+    assert lines == ["✗ CHAIN BROKEN: 4 problem(s) in 9 entries",
+                     "  seq 4: changed: hash does not match the row",
+                     "  seq 5: broken_link: prev_hash is not the hash of seq 4",
+                     "  seq 7: missing: seq 7 is missing",
+                     "  … and 1 more (z4j audit verify lists them all)"]
+    assert verify_text(None, "403: audit:read needs the operator role (forbidden)", {}).plain.startswith(
+        "chain not verified: 403")

@@ -18,11 +18,11 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from z4j_tui.app import ScreenSpec, register_screen
 from z4j_tui.client import ClientError
 from z4j_tui.screens import when
-from z4j_tui.widgets.listing import Listing, ListingTable, plain
+from z4j_tui.widgets.listing import Listing, ListingTable, plain, tone_styles
 
 PAGE = 200
 SERVER_KEYS = ("action", "actor", "outcome")
-OUTCOME_STYLES = {"refused": "red", "failed": "red", "error": "red", "denied": "red", "sent": "", "ok": "green"}
+OUTCOME_TONES = {"refused": "bad", "failed": "bad", "error": "bad", "denied": "bad", "sent": "", "ok": "good"}
 
 
 def split_filter(text: str) -> tuple[dict[str, str], str]:
@@ -37,24 +37,24 @@ def split_filter(text: str) -> tuple[dict[str, str], str]:
     return server, " ".join(rest)
 
 
-def verify_text(result: dict[str, Any] | None, error: str | None) -> Text:
+def verify_text(result: dict[str, Any] | None, error: str | None, tones: dict[str, str]) -> Text:
     if error is not None:
-        return Text(f"chain not verified: {error}", style="yellow")
+        return Text(f"chain not verified: {error}", style=tones.get("warn", ""))
     if result is None:
         return Text("verifying the chain…", style="dim")
     if result.get("ok"):
         if not result.get("rows"):
-            return Text("✓ chain verified: no entries yet", style="green")
+            return Text("✓ chain verified: no entries yet", style=tones.get("good", ""))
         anchored = f", anchored on checkpoint {result['anchored_on']}" if result.get("anchored_on") else ""
         return Text(f"✓ chain verified: {result['rows']} entries (seq {result['first_seq']}–{result['last_seq']}), "
                     f"{result.get('checkpoints_checked', 0)} checkpoint(s){anchored}, "
-                    f"head {str(result.get('head_hash'))[:8]}", style="green")
+                    f"head {str(result.get('head_hash'))[:8]}", style=tones.get("good", ""))
     problems = result.get("problems") or []
     lines = [f"✗ CHAIN BROKEN: {len(problems)} problem(s) in {result.get('rows')} entries"]
     lines += [f"  seq {p.get('seq')}: {p.get('kind')}: {p.get('message')}" for p in problems[:3]]
     if len(problems) > 3:
         lines.append(f"  … and {len(problems) - 3} more (z4j audit verify lists them all)")
-    return Text("\n".join(lines), style="bold red")
+    return Text("\n".join(lines), style=f"bold {tones.get('bad', '')}".strip())
 
 
 class AuditScreen(Listing):
@@ -76,7 +76,7 @@ class AuditScreen(Listing):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static(verify_text(None, None), id="audit-verify")
+        yield Static(Text("verifying the chain…", style="dim"), id="audit-verify")
         yield Static(id="listing-status")
         yield Input(placeholder=self.FILTER_HINT, id="listing-filter")
         yield ListingTable(id="listing", cursor_type="row", zebra_stripes=True)
@@ -103,7 +103,7 @@ class AuditScreen(Listing):
             self.verify, self.verify_error = data.get("verify"), data.get("verify_error")
             self.with_verify = False  # once per open and per v: a long chain takes a while to check
             panel = self.query_one("#audit-verify", Static)
-            panel.update(verify_text(self.verify, self.verify_error))
+            panel.update(verify_text(self.verify, self.verify_error, tone_styles(self)))
             panel.set_class(bool(self.verify) and not self.verify.get("ok"), "-broken")
 
     def row_key(self, row: dict[str, Any]) -> str:
@@ -111,7 +111,7 @@ class AuditScreen(Listing):
 
     def cells(self, row: dict[str, Any]) -> tuple[Any, ...]:
         outcome = row.get("outcome") or ""
-        return (str(row["seq"]), when(row["ts"]), Text(outcome, style=OUTCOME_STYLES.get(outcome, "yellow")),
+        return (str(row["seq"]), when(row["ts"]), self.toned(outcome, OUTCOME_TONES.get(outcome, "warn")),
                 plain(row["action"]), plain(row["target"]), plain(row["actor"]))
 
     def text_of(self, row: dict[str, Any]) -> str:
@@ -133,7 +133,7 @@ class AuditScreen(Listing):
 
     def action_verify(self) -> None:
         self.with_verify = True
-        self.query_one("#audit-verify", Static).update(verify_text(None, None))
+        self.query_one("#audit-verify", Static).update(verify_text(None, None, {}))
         self.reload()
 
     @on(DataTable.RowSelected, "#listing")

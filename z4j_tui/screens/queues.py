@@ -61,10 +61,10 @@ class QueuesScreen(Listing):
 
     def cells(self, row: dict[str, Any]) -> tuple[Any, ...]:
         rate = self.data.get("rates", {}).get(row["name"], {})
-        depth = Text(str(row["depth"]), style="bold" if row["depth"] else "dim")
+        depth = Text(str(row["depth"]), style="bold" if row["depth"] else "dim")  # the theme's text, stronger or not
         failed = per_minute(rate.get("failed"))
         return (plain(row["name"]), plain(row["engine"]), depth, per_minute(rate.get("in")),
-                per_minute(rate.get("done")), Text(failed, style="red" if rate.get("failed") else ""),
+                per_minute(rate.get("done")), self.toned(failed, "bad" if rate.get("failed") else ""),
                 age(now_of(self) - row["updated_at"]))
 
     def text_of(self, row: dict[str, Any]) -> str:

@@ -122,7 +122,7 @@ class SchedulesScreen(Listing):
 
     def cells(self, row: dict[str, Any]) -> tuple[Any, ...]:
         now = now_of(self)
-        on_ = Text("on", style="green") if row["enabled"] else Text("off", style="dim")
+        on_ = self.toned("on", "good") if row["enabled"] else self.toned("off", "dim")
         source = row.get("source") or ""
         return (on_, plain(row["name"]), plain(row["task"]), plain(spec_text(row.get("schedule") or {})),
                 relative(row.get("next_run_at") if row["enabled"] else None, now),

@@ -23,7 +23,7 @@ from textual.widgets.option_list import Option
 
 from z4j_tui.app import ScreenSpec, register_screen
 from z4j_tui.client import Client
-from z4j_tui.widgets.listing import CSS, FetchFailed, asked, now_of, report_error, report_ok
+from z4j_tui.widgets.listing import CSS, FetchFailed, asked, now_of, report_error, report_ok, tone_styles
 
 BUCKETS = {"minute": (60, 60), "hour": (3600, 24), "day": (86400, 30)}
 """bucket -> (seconds, how many buckets are shown)."""
@@ -198,10 +198,11 @@ class TrendsScreen(Screen[None]):
         groups = self.query_one("#trend-groups", OptionList)
         shown = self.visible()
         groups.clear_options()
+        tones = tone_styles(self)
         for s in shown:
             ok, bad = s.total("success"), s.total("failure")
             label = Text.assemble((str(s.group) if s.group is not None else "(none)"), "  ",
-                                  (f"{ok}", "green"), "/", (f"{bad}", "red" if bad else "dim"))
+                                  (f"{ok}", tones["good"]), "/", (f"{bad}", tones["bad"] if bad else "dim"))
             groups.add_option(Option(label, id=str(s.group)))
         ids = [str(s.group) for s in shown]
         if shown:

@@ -60,9 +60,8 @@ class WorkersScreen(Listing):
     def cells(self, row: dict[str, Any]) -> tuple[Any, ...]:
         info = row.get("info") or {}
         state = self.state_of(row)
-        style = {"online": "green", "silent": "yellow"}.get(state, "red")
         number = lambda key: "" if info.get(key) is None else str(info[key])  # noqa: E731
-        return (Text(state, style=style), plain(row["name"]), plain(row["engine"]),
+        return (self.toned(state, {"online": "good", "silent": "warn"}.get(state, "bad")), plain(row["name"]), plain(row["engine"]),
                 age(now_of(self) - row["last_seen_at"]), number("active"), number("processed"), load_text(info),
                 plain(pool_text(info)))
 

@@ -47,6 +47,20 @@ def plain(value: object) -> Text:
     return Text("" if value is None else str(value))
 
 
+TONES = {"good": "text-success", "warn": "text-warning", "bad": "text-error"}
+
+
+def tone_styles(screen: Screen) -> dict[str, str]:
+    """Rich styles for the tones, from the theme (light or dark): good, warn,
+    bad, dim, and "" for none."""
+    variables = screen.app.get_css_variables()
+    styles = {"": "", "dim": "dim"}
+    for tone, name in TONES.items():
+        color = variables.get(name, "")
+        styles[tone] = color if color.startswith("#") else ""
+    return styles
+
+
 def now_of(screen: Screen) -> float:
     """The app's clock (``app.now``, pinned in snapshot tests), else the wall clock."""
     clock: Callable[[], float] = getattr(screen.app, "now", time.time)
@@ -130,6 +144,8 @@ class Listing(Screen[None]):
         self.filter_text = ""
         self.role: str | None = None
         self.role_known = False
+        self.tones: dict[str, str] = {}
+        """Styles of the theme's tones (``tone_styles``), for the cells."""
         self.generation = 0
         """Raised by every change of what is asked; older answers are dropped."""
 
@@ -213,7 +229,11 @@ class Listing(Screen[None]):
 
     # ------------------------------------------------------------------ state
 
+    def toned(self, text: str, tone: str) -> Text:
+        return Text(text, style=self.tones.get(tone, ""))
+
     def show_rows(self) -> None:
+        self.tones = tone_styles(self)
         table = self.query_one("#listing", DataTable)
         needle = self.filter_text.lower()
         rows = [r for r in self.rows if needle in self.text_of(r).lower()]
