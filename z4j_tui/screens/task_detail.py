@@ -33,7 +33,7 @@ CHILDREN = 20
 
 
 class TaskDetailScreen(TaskActions, Screen[None]):
-    BINDINGS = [*TaskActions.TASK_BINDINGS,Binding("escape", "app.pop_screen", "Back", id="back"),
+    BINDINGS = [*TaskActions.TASK_BINDINGS, Binding("escape", "app.pop_screen", "Back", id="back"),
                 Binding("t", "tree", "Tree", tooltip="The workflow tree (DAG) this task belongs to", id="detail-tree"),
                 Binding("l", "focus_links", "Links", tooltip="Parent, root and children: enter opens one",
                         id="focus-links")]
