@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from z4j_tui import cli_actions, cli_identity, cli_notify, cli_reconciler, cli_schedules, cli_trends
+from z4j_tui import cli_actions, cli_identity, cli_notify, cli_reconciler, cli_schedules, cli_trends, demo
 from z4j_tui.cli_common import (
     JsonOption, ProjectOption, SinceOption, UntilOption, UrlOption, done, fetch_pages, note, pick, print_json, table,
     when,
@@ -36,6 +36,7 @@ cli_schedules.register(app)
 cli_notify.register(app)
 cli_trends.register(app)
 cli_reconciler.register(app)
+demo.register(app)
 
 try:  # the server commands exist only where the collector is installed
     from z4j_collector.cli import register as _register_server
