@@ -258,12 +258,13 @@ class TasksScreen(TaskActions, Screen[None]):
     # ------------------------------------------------------------------ I/O
 
     @work(exclusive=True, group="refresh")
-    async def refresh_tasks(self) -> None:
+    async def refresh_tasks(self, counts: bool = True) -> None:
+        """``counts=False`` on a filter change: the counts route takes no filters."""
         filter = self.filter
 
-        def fetch() -> tuple[dict[str, Any], dict[str, int]]:
+        def fetch() -> tuple[dict[str, Any], dict[str, int] | None]:
             page = self.client.list_tasks(self.project, **filter.params(), limit=PAGE)
-            return page, self.client.task_counts(self.project)
+            return page, self.client.task_counts(self.project) if counts else None
 
         try:
             page, counts = await asyncio.to_thread(fetch)
@@ -489,7 +490,7 @@ class TasksScreen(TaskActions, Screen[None]):
         self.filter = filter
         self.next_cursor = None
         self.show_counts()
-        self.refresh_tasks()
+        self.refresh_tasks(counts=False)
 
     # ------------------------------------------------------------------ input
 
