@@ -81,8 +81,18 @@ def run(console: Console, size=SIZE):
     return console.app.run_test(size=size, message_hook=console.messages.append)
 
 
-def filter_to(pilot, text: str):
-    return pilot.press("slash", *text, "enter")
+async def filter_to(pilot, text: str) -> None:
+    """/ focuses the filter line; the text is put in at once (a key press each
+    costs a wait for the screen on a loaded machine); enter applies it."""
+    await pilot.press("slash")
+    pilot.app.focused.value = text
+    await pilot.press("enter")
+
+
+async def type_in(pilot, text: str) -> None:
+    """The focused field gets ``text`` (at once, as filter_to), then the cursor is after it."""
+    pilot.app.focused.value = text
+    await pilot.pause()
 
 
 async def test_workers_filter_and_control(world):
@@ -142,7 +152,10 @@ async def test_queues_filter_purge_and_requeue(world):
 
         await pilot.press("p")
         await until(pilot, lambda: app_has(op.app, "#purge-name"), "the purge form")
-        await pilot.press(*"billing.charge", "tab", *"1h", "enter")
+        await type_in(pilot, "billing.charge")
+        await pilot.press("tab")
+        await type_in(pilot, "1h")
+        await pilot.press("enter")
         note = await op.confirm(pilot, "Deletes the messages of task billing.charge older than 1h waiting in queue "
                                        "billing (3 waiting when last reported).", "This cannot be undone.")
         assert note == "purged 3 message(s) from billing"
@@ -151,7 +164,8 @@ async def test_queues_filter_purge_and_requeue(world):
 
         await pilot.press("d")
         await until(pilot, lambda: app_has(op.app, "#requeue-ids"), "the requeue form")
-        await pilot.press(*"dead-7, dead-9", "enter")
+        await type_in(pilot, "dead-7, dead-9")
+        await pilot.press("enter")
         note = await op.confirm(pilot, "Puts 2 dead letter(s) of queue billing back on the queue: dead-7, dead-9.")
         assert note == "requeued 2 dead letter(s) on billing"
         assert world.calls[-1][0] == "celery.requeue_dead"
@@ -183,7 +197,7 @@ async def test_task_actions_retry_cancel_and_bulk_retry(world):
     async with run(op) as pilot:
         await until(pilot, lambda: getattr(op.app.screen, "tasks", None), "the tasks")
         tasks = op.app.screen
-        await pilot.press("slash", *"name:billing.charge state:failure", "enter")
+        await filter_to(pilot, "name:billing.charge state:failure")
         await until(pilot, lambda: len(tasks.tasks) == 6, "the six billing failures")
         await until(pilot, lambda: "Retry" in screen_text(op.app), "R in the footer (the role is known)")
         first = tasks.cursor_task()["task_id"]
@@ -250,7 +264,9 @@ async def test_schedules_create_edit_toggle_trigger_delete(world):
         # n: a new one; JSON is checked before anything is sent
         await pilot.press("n")
         await until(pilot, lambda: app_has(admin.app, "#sched-name"), "the form")
-        await pilot.press(*"hourly-sync", "tab", *"reports.sync")
+        await type_in(pilot, "hourly-sync")
+        await pilot.press("tab")
+        await type_in(pilot, "reports.sync")
         admin.app.screen.query_one("#sched-kind").value = "interval"
         admin.app.screen.query_one("#sched-when", Input).value = "15m"
         admin.app.screen.query_one("#sched-args", Input).value = "[1, 2"
