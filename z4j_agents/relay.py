@@ -11,7 +11,11 @@ and each child:
   which adds it to the agent's ``dropped``), and
 * writes them from its own daemon thread, started on the child's first
   event, over its own connection to that socket (frames: 4-byte length +
-  msgpack of ``[dropped_since_last_frame, event]``).
+  msgpack of ``[dropped_since_last_frame, [event, ...]]``). The writer is
+  not woken per event: the first event after it drained the queue wakes
+  it, it lingers ``LINGER_S`` (less when ``WAKE_AT`` events wait, or on
+  ``flush``) and writes all that waits in one frame, so a burst of events
+  costs the task's thread one lock hand-off, and the parent one read.
 
 The task never waits for the relay and never sees it fail. The parent reads
 all children's connections on one thread and emits into the one agent.
@@ -40,7 +44,11 @@ _LEN = struct.Struct(">I")
 MAX_FRAME = 8 * 1024 * 1024
 """A larger event loses its payload (args, kwargs, result, replay) in the child."""
 
-_frame_decoder = msgspec.msgpack.Decoder(tuple[int, p.Event])
+_frame_decoder = msgspec.msgpack.Decoder(tuple[int, list[p.Event]])
+LINGER_S = 0.05
+"""How long a child's events may wait for the next write."""
+WAKE_AT = 500
+"""A child's writer is woken at once when this many events wait."""
 
 
 def _enc_hook(obj: Any) -> Any:
@@ -149,7 +157,7 @@ class RelayServer:
 
     def _deliver(self, frame: bytes) -> None:
         try:
-            dropped, event = _frame_decoder.decode(frame)
+            dropped, events = _frame_decoder.decode(frame)
         except Exception as exc:  # noqa: BLE001
             log.warning("z4j relay: unreadable frame from a child: %s", exc)
             self._add_dropped(1)
@@ -157,7 +165,8 @@ class RelayServer:
         self.frames += 1
         if dropped:
             self._add_dropped(dropped)
-        self._emit(event)
+        for event in events:
+            self._emit(event)
 
     def close(self) -> None:
         if os.getpid() != self._owner:
@@ -204,7 +213,10 @@ class RelayClient:
             self._queue.append(event)
             if self._thread is None:
                 self._start()
-            else:
+            elif len(self._queue) in (1, WAKE_AT):
+                # The first event after the writer drained the queue wakes it
+                # (it then lingers for the rest of the burst); a full queue
+                # ends the linger.
                 with self._cond:
                     self._cond.notify()
         except Exception:  # noqa: BLE001
@@ -240,6 +252,9 @@ class RelayClient:
             with self._cond:
                 while not self._queue:
                     self._cond.wait(0.5)
+                if len(self._queue) < WAKE_AT:
+                    # Linger: what arrives meanwhile leaves in the same frame.
+                    self._cond.wait(LINGER_S)
             if self._sock is None:
                 try:
                     self._sock = self._connect()
@@ -252,34 +267,44 @@ class RelayClient:
                     backoff = min(backoff * 2, 2.0)
                     continue
             self._busy = True
+            batch: list[p.Event] = []
             try:
                 while self._queue:
-                    event = self._queue.popleft()
-                    self._write(event)
+                    queue = self._queue
+                    batch = [queue.popleft() for _ in range(min(len(queue), WAKE_AT))]
+                    self._write(batch)
+                    batch = []
             except OSError as exc:
                 log.debug("z4j relay: connection to the parent lost: %s", exc)
                 try:
                     self._sock.close()
                 finally:
                     self._sock = None
-                self.dropped += 1
-                self._pending_dropped += 1
+                self.dropped += len(batch)
+                self._pending_dropped += len(batch)
             except Exception:  # noqa: BLE001
-                log.exception("z4j relay: writing an event failed")
-                self.dropped += 1
-                self._pending_dropped += 1
+                log.exception("z4j relay: writing events failed")
+                self.dropped += len(batch)
+                self._pending_dropped += len(batch)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()  # a flush may be waiting
 
-    def _write(self, event: p.Event) -> None:
+    def _write(self, events: list[p.Event]) -> None:
         dropped, self._pending_dropped = self._pending_dropped, 0
-        body = _frame_encoder.encode((dropped, event))
-        if len(body) > MAX_FRAME and type(event) is p.TaskEvent:
-            size = len(body)
-            event.args = event.kwargs = event.result = f"[too large for the prefork relay: {size} bytes]"
-            event.replay = None
-            body = _frame_encoder.encode((dropped, event))
+        body = _frame_encoder.encode((dropped, events))
+        if len(body) > MAX_FRAME:
+            if len(events) > 1:  # one frame each, so only a too large event loses its payload
+                self._pending_dropped += dropped
+                for event in events:
+                    self._write([event])
+                return
+            event = events[0]
+            if type(event) is p.TaskEvent:
+                size = len(body)
+                event.args = event.kwargs = event.result = f"[too large for the relay: {size} bytes]"
+                event.replay = None
+                body = _frame_encoder.encode((dropped, events))
         self._sock.sendall(_LEN.pack(len(body)) + body)  # type: ignore[union-attr]
-        self.sent += 1
+        self.sent += len(events)
