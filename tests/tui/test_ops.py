@@ -319,6 +319,10 @@ async def test_schedules_create_edit_toggle_trigger_delete(world):
 
 
 async def test_audit_filter_detail_and_verification(world):
+    # the world's two schedule creations, and a trigger: at least three entries whatever ran before
+    api = world.api("operator")
+    nightly = next(s for s in api.get(f"{P}/schedules").json() if s["name"] == "nightly-report")
+    assert api.post(f"{P}/schedules/{nightly['id']}/trigger").status_code == 202
     op = Console(world, "operator", "audit")
     async with run(op) as pilot:
         await op.open(pilot, AuditScreen)

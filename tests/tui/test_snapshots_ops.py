@@ -222,3 +222,18 @@ def test_a_broken_chain_says_where():
                      "  … and 1 more (z4j audit verify lists them all)"]
     assert verify_text(None, "403: audit:read needs the operator role (forbidden)", {}).plain.startswith(
         "chain not verified: 403")
+
+
+def test_light_theme(snap_compare):
+    """The same colours from the light theme (ctrl+t)."""
+    app = SnapApp(RecordedClient(), "default", refresh_interval=3600, now=lambda: NOW, start="audit")
+
+    async def light(pilot) -> None:
+        await audit_ready(pilot)
+        await pilot.press("ctrl+t")
+        await until(pilot, lambda: not pilot.app.current_theme.dark, "the light theme")
+        pilot.app.screen.action_reload()  # the rows' colours follow at the next answer
+        await until(pilot, lambda: pilot.app.screen.tones.get("good") == pilot.app.get_css_variables()["text-success"],
+                    "the light rows")
+
+    assert snap_compare(app, run_before=steady(light))

@@ -102,8 +102,12 @@ class AuditScreen(Listing):
         if "verify" in data or "verify_error" in data:
             self.verify, self.verify_error = data.get("verify"), data.get("verify_error")
             self.with_verify = False  # once per open and per v: a long chain takes a while to check
+
+    def show_rows(self) -> None:
+        super().show_rows()
+        if self.verify is not None or self.verify_error is not None:  # again with each answer: the theme may change
             panel = self.query_one("#audit-verify", Static)
-            panel.update(verify_text(self.verify, self.verify_error, tone_styles(self)))
+            panel.update(verify_text(self.verify, self.verify_error, self.tones))
             panel.set_class(bool(self.verify) and not self.verify.get("ok"), "-broken")
 
     def row_key(self, row: dict[str, Any]) -> str:

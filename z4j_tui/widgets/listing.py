@@ -82,6 +82,14 @@ def report_ok(screen: Screen) -> None:
         report()
 
 
+def same(old: object, new: object) -> bool:
+    """Cells equal as shown: Rich's Text equality ignores the base style (a
+    theme switch changes only that)."""
+    if isinstance(old, Text) and isinstance(new, Text):
+        return old.plain == new.plain and old.style == new.style and old.spans == new.spans
+    return old == new
+
+
 class FetchFailed(Message):
     """A worker got an error from the collector (or an answer that is not the collector's)."""
 
@@ -241,7 +249,7 @@ class Listing(Screen[None]):
         if list(cells) == list(self.shown):
             for key, new in cells.items():
                 for (_, column), old, value in zip(self.COLUMNS, self.shown[key], new):
-                    if old != value:
+                    if not same(old, value):
                         table.update_cell(key, column, value)
         else:
             current = self.cursor_key()
