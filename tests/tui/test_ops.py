@@ -116,9 +116,13 @@ async def test_workers_filter_and_control(world):
         assert note == "pool_grow on w1: done"
         assert world.calls[-1] == ("celery.worker_control", {"worker": "w1", "op": "pool_grow", "n": 2})
 
-        # a bad parameter is refused in the form, nothing sent
+        # a bad parameter is refused in the form, nothing sent (the form found by name in the palette)
         calls = len(world.calls)
-        await pilot.press("c")
+        await pilot.press("ctrl+p")
+        await until(pilot, lambda: app_has(op.app, "CommandInput"), "the palette")
+        op.app.screen.query_one("CommandInput").value = "control"
+        await until(pilot, lambda: "Send a worker control" in screen_text(op.app), "the palette's hit")
+        await pilot.press("enter")
         await until(pilot, lambda: app_has(op.app, "#op"), "the control form")
         await pilot.press("tab", *"two", "enter")
         await until(pilot, lambda: "n must be a whole number, got 'two'" in screen_text(op.app), "the form's reason")
