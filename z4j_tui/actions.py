@@ -286,11 +286,12 @@ def role_of(screen: Screen) -> str | None:
     worker thread); the screen's bindings are refreshed when it is known.
     None (no action shown) until then."""
     app: Any = screen.app
-    roles: dict[str, tuple[str | None, float]] = app.__dict__.setdefault("_z4j_roles", {})
+    roles: dict[Any, tuple[str | None, float]] = app.__dict__.setdefault("_z4j_roles", {})
     project = app.project
-    role, asked_at = roles.get(project, (None, None))
+    key = (app.client.token, project)  # a new login may have another role
+    role, asked_at = roles.get(key, (None, None))
     if asked_at is None or (role is None and asked_at != 0 and time.monotonic() - asked_at > ROLE_RETRY_S):
-        roles[project] = (None, time.monotonic())
+        roles[key] = (None, time.monotonic())
 
         def ask() -> None:
             try:
@@ -300,7 +301,7 @@ def role_of(screen: Screen) -> str | None:
             app.call_from_thread(known, answer)
 
         def known(answer: str | None) -> None:
-            roles[project] = (answer, 0)  # 0: answered, never asked again
+            roles[key] = (answer, 0)  # 0: answered, never asked again
             screen.refresh_bindings()
 
         screen.run_worker(ask, thread=True, group="role", exit_on_error=False)

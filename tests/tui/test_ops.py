@@ -399,8 +399,7 @@ async def test_trends_and_what_a_viewer_is_offered(world):
         assert viewer.rows() == []
         await pilot.press("1")
         await until(pilot, lambda: getattr(viewer.app.screen, "tasks", None), "the tasks")
-        await until(pilot, lambda: viewer.app.__dict__.get("_z4j_roles", {}).get("default", (None,))[0] == "viewer",
-                    "the role")
+        await until(pilot, lambda: actions.role_of(viewer.app.screen) == "viewer", "the role")
         await pilot.press("R", "C", "B")
         assert viewer.app.screen.__class__.__name__ == "TasksScreen"
         assert "Retry" not in screen_text(viewer.app)
