@@ -57,8 +57,11 @@ class DemoError(Exception):
 
 
 def say(text: str) -> None:
-    sys.stderr.write(f"z4j demo: {text}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"z4j demo: {text}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # the terminal went away (SIGHUP): stopping matters more than saying so
+        pass
 
 
 def free_port() -> int:
@@ -379,8 +382,8 @@ def run(no_tui: bool = False, port: int | None = None, rate: float = 1.0, keep: 
         raise DemoError(f"{exc} (logs kept in {world.logs})") from None
     finally:
         with stop_signals(lambda: None):  # a second Ctrl-C must not leave processes behind
-            say("stopping every process it started")
             world.stop()
+            say("every process it started has stopped")
             if keep or failed:
                 say(f"files kept in {world.dir}")
             else:
