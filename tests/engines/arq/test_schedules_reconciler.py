@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from tests.engines.arq.conftest import OFFLINE_S, OPERATOR, P, Worker, enqueue
+from tests.engines.arq.conftest import OFFLINE_S, Worker, enqueue
 from tests.support.collector import wait_until, z4j
+from tests.support.engine import OPERATOR, P
 
 pytestmark = pytest.mark.engine("arq")
 

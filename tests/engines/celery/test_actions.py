@@ -20,33 +20,22 @@ import pytest
 import redis
 
 from tests.engines.celery.conftest import Stack, Worker, producer
-from tests.support.collector import Collector, mint_tokens, wait_until, z4j
+from tests.support.collector import Collector, mint_tokens, wait_agent_connected, wait_until, z4j
+from tests.support.engine import Actions, operator_user, runs
 
 pytestmark = pytest.mark.engine("celery")
 
 DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 P = "/api/v1/projects/default"
-OPERATOR = "ops@example.com"
-PASSWORD = "operator-password-1"
 SECRET = "sk_live_abcdefghijklmnop0123"
 
 
-class World:
+class World(Actions):
     def __init__(self, stack: Stack, worker: Worker, app, redis_url: str, operator: httpx.Client,
                  viewer: httpx.Client, operator_token: str, user_id: int) -> None:
         self.stack, self.worker, self.app = stack, worker, app
         self.redis = redis.Redis.from_url(redis_url)
         self.operator, self.viewer, self.operator_token, self.user_id = operator, viewer, operator_token, user_id
-
-    def post(self, path: str, body: dict | None = None, api: httpx.Client | None = None) -> httpx.Response:
-        return (api or self.operator).post(f"{P}/{path}", json=body or {})
-
-    def ok(self, path: str, body: dict | None = None) -> dict:
-        response = self.post(path, {"wait": 15, **(body or {})})
-        assert response.status_code == 200, response.text
-        command = response.json()
-        assert command["state"] == "succeeded", (command["error"], command)
-        return command
 
     def inspect(self):
         return self.app.control.inspect(destination=[self.worker.hostname], timeout=5)
@@ -58,12 +47,12 @@ class World:
                           what=f"{count} task(s) published by {parent_id}")
         return [r["task_id"] for r in rows]
 
-    def runs(self, key: str) -> list[dict]:
-        return [json.loads(x) for x in self.redis.lrange(f"ran:{key}", 0, -1)]
-
     def cli(self, *args: str, check: bool = True):
         return z4j(*args, env={"Z4J_URL": self.stack.collector.url, "Z4J_API_TOKEN": self.operator_token},
                    check=check)
+
+    def runs(self, key: str) -> list[dict]:
+        return runs(self.redis, key)
 
 
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
@@ -77,18 +66,13 @@ def world(request, redis_server, tmp_path_factory):
     collector = Collector(db_url, tmp).start()
     stack = Stack(collector, redis_server.url)
     # a real user with the operator role, so the audit names a person
-    root = httpx.Client(base_url=collector.url, timeout=30,
-                        headers={"Authorization": f"Bearer {collector.first_superuser()}"})
-    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
-    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
-    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    operator, user_id = operator_user(collector)
     tokens = mint_tokens(collector, "viewer", "operator")
     worker = Worker(stack.env(Z4J_CELERY_HEARTBEAT_S="1", Z4J_CELERY_QUEUE_DEPTH_S="0.5"), tmp,
                     pool="prefork", concurrency=2, name="act")
     try:
         worker.start()
-        wait_until(lambda: any(a["name"] == "w1" and a["connected"]
-                               for a in stack.api.get(f"{P}/agents").json()), what="the worker's agent")
+        wait_agent_connected(stack.api, "w1")
         yield World(stack, worker, producer(redis_server.url), redis_server.url, operator,
                     collector.api(tokens["viewer"]), tokens["operator"], user_id)
     finally:
@@ -124,14 +108,8 @@ def test_a_retried_task_reruns_with_the_exact_args_and_succeeds_once_fixed(world
     assert w.stack.task(first.id)["state"] == "failure"  # the old task keeps its history
 
     # the audit names the user, the time and the action
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.celery.retry*"}).json()["entries"]
-    sent = next(r for r in rows if r["action"] == "command.celery.retry" and r["target"] == f"task:{first.id}")
-    assert (sent["actor"], sent["actor_user_id"], sent["outcome"]) == (OPERATOR, w.user_id, "sent")
+    rows, sent = w.audited("command.celery.retry", f"task:{first.id}", command)
     assert before - 1 <= sent["ts"] <= time.time()
-    assert sent["detail"]["command"] == command["id"]
-    result = next(r for r in rows if r["action"] == "command.celery.retry.result"
-                  and r["target"] == f"command:{command['id']}")
-    assert result["outcome"] == "ok"
     assert SECRET not in json.dumps(rows)
 
 

@@ -10,10 +10,9 @@ import time
 
 import pytest
 
-from tests.engines.celery.conftest import (
-    BOOTSTRAP_LINE, CELERY, ROOT, Stack, Worker, celery_env, producer, run_celery, stored_replay,
-)
+from tests.engines.celery.conftest import BOOTSTRAP_LINE, CELERY, Stack, Worker, celery_env, producer, run_celery, stored_replay
 from tests.support.collector import running, wait_until
+from tests.support.engine import ROOT
 from z4j_agents.celery.call import open_call
 
 pytestmark = pytest.mark.engine("celery")

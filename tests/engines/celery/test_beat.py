@@ -13,7 +13,6 @@ and one worker serve the module.
 
 from __future__ import annotations
 
-import subprocess
 import time
 import uuid
 from datetime import timedelta
@@ -22,8 +21,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.engines.celery.conftest import CELERY, ROOT, Worker, celery_env
+from tests.engines.celery.conftest import CELERY, Worker, celery_env
 from tests.support.collector import mint_agent, mint_tokens, running, wait_agent_connected, wait_until
+from tests.support.engine import WorkerProcess
 
 pytestmark = pytest.mark.engine("celery")
 
@@ -31,21 +31,20 @@ SCHEDULES = "/api/v1/projects/default/schedules"
 BEAT_LINE = "z4j beat bootstrap: agent runtime started"
 
 
-class Beat(Worker):
+class Beat(WorkerProcess):
     """One `celery beat` process group (log, stop and kill as a worker's)."""
 
+    ready = BEAT_LINE
+
     def __init__(self, env: dict[str, str], log_dir: Path, scheduler: str) -> None:
-        super().__init__(env, log_dir, name=f"beat{uuid.uuid4().hex[:6]}")
+        self.name = f"beat{uuid.uuid4().hex[:6]}"
         self.schedule_file = log_dir / f"{self.name}-schedule"
-        self.cmd = [*CELERY[:-1], "tests.engines.celery.beatproj", "beat", "-l", "info", "-S", scheduler,
-                    "-s", str(self.schedule_file)]
+        cmd = [*CELERY[:-1], "tests.engines.celery.beatproj", "beat", "-l", "info", "-S", scheduler,
+               "-s", str(self.schedule_file)]
+        super().__init__(cmd, env, log_dir / f"celery-{self.name}.log", "celery beat")
 
     def start(self, ready_timeout: float = 60.0) -> Beat:
-        out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                     start_new_session=True)
-        self.wait_log(BEAT_LINE, ready_timeout)
-        return self
+        return super().start(timeout=ready_timeout)
 
 
 @pytest.fixture(scope="module")

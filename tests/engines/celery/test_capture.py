@@ -11,8 +11,9 @@ import time
 import pytest
 from celery import chain, chord
 
-from tests.engines.celery.conftest import BOOTSTRAP_LINE, Stack, Worker, db_text, producer, stored_replay
-from tests.support.collector import Collector, wait_until
+from tests.engines.celery.conftest import BOOTSTRAP_LINE, Stack, Worker, producer, stored_replay
+from tests.support.collector import Collector, wait_agent_connected, wait_until
+from tests.support.engine import assert_nested_failure, db_text
 from z4j_agents.celery.call import open_call
 from z4j_agents.replay import ReplayError
 
@@ -47,8 +48,7 @@ def test_zero_code_activation_logs_the_bootstrap_line_and_connects_once(prefork)
     stack, worker, app, _ = prefork
     assert BOOTSTRAP_LINE in worker.log()
     assert worker.log().count(BOOTSTRAP_LINE) == 1
-    agent = wait_until(lambda: next((a for a in stack.api.get("/api/v1/projects/default/agents").json()
-                                     if a["name"] == "w1" and a["connected"]), None), what="agent connected")
+    agent = wait_agent_connected(stack.api, "w1")
     assert agent["engines"] == ["celery"]
 
     # 30 tasks spread over the three pool children: every one arrives, and the
@@ -71,11 +71,7 @@ def test_failure_keeps_the_full_traceback(prefork):
     r = app.send_task("proj.fail_nested", ("x",))
     task = stack.wait_task(r.id, "failure")
     assert task["engine_state"] == "FAILURE"
-    assert task["exception"] == "ValueError: cannot parse 'x' in _inner_parse"
-    tb = task["traceback"]
-    assert tb.startswith("Traceback (most recent call last):")
-    assert "in fail_nested" in tb and "in _outer_load" in tb and "in _inner_parse" in tb
-    assert tb.rstrip().endswith("ValueError: cannot parse 'x' in _inner_parse")
+    assert_nested_failure(task)
     assert task["args"] == ["x"] and task["runtime"] is not None
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.engines.celery.conftest import BOOTSTRAP_LINE, ROOT, Stack, Worker, celery_env, db_text, producer
+from tests.engines.celery.conftest import BOOTSTRAP_LINE, Stack, Worker, celery_env, producer
 from tests.support.collector import Z4J, Collector, mint_agent, module_collector, wait_agent_connected, wait_until
+from tests.support.engine import ROOT, WorkerProcess, db_text
 
 pytestmark = pytest.mark.engine("celery")
 
@@ -36,13 +37,13 @@ class Observer(Worker):
         creds = mint_agent(site.collector, agent)
         self.agent_id = creds["agent_id"]
         self.name = agent
-        self.env = celery_env(site.redis_url, site.collector.agent_env(creds), Z4J_CELERY_HEARTBEAT_S="1",
-                              Z4J_CELERY_QUEUE_DEPTH_S="0.5", Z4J_OBSERVER_LEASE_TTL_S="5", **env)
-        self.cmd = [*Z4J, "agent", "celery", "-A", "tests.engines.celery.proj", *args]
-        self.log_path = site.tmp / f"observer-{agent}-{uuid.uuid4().hex[:6]}.log"
-        self.proc: subprocess.Popen | None = None
+        env = celery_env(site.redis_url, site.collector.agent_env(creds), Z4J_CELERY_HEARTBEAT_S="1",
+                         Z4J_CELERY_QUEUE_DEPTH_S="0.5", Z4J_OBSERVER_LEASE_TTL_S="5", **env)
+        WorkerProcess.__init__(self, [*Z4J, "agent", "celery", "-A", "tests.engines.celery.proj", *args], env,
+                               site.tmp / f"observer-{agent}-{uuid.uuid4().hex[:6]}.log", "observer")
 
     def start(self, ready_timeout: float = 0) -> Observer:
+        """Started, not waited for: each test waits for what it expects of the observer."""
         self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=open(self.log_path, "ab"),
                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
         return self

@@ -47,9 +47,7 @@ def test_sigkill_mid_task_ends_lost_or_its_backend_state(collector, redis_url, t
         settled = stack.wait_task(known.id, "success", timeout=30)
         assert settled["engine_state"] == "SUCCESS" and settled["result"] == 42
 
-        entries = stack.api.get("/api/v1/projects/default/audit",
-                                params={"action": "task.reconciled"}).raise_for_status().json()["entries"]
-        by_target = {e["target"]: e for e in entries}
+        by_target = {e["target"]: e for e in stack.audit("task.reconciled")}
         assert by_target[f"task:{lost.id}"]["outcome"] == "lost"
         assert by_target[f"task:{known.id}"]["outcome"] == "settled"
         for entry in by_target.values():

@@ -3,65 +3,40 @@ CLI: processes x threads) on the session's redis-server, reporting to a real col
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.engines.celery.conftest import Stack as CeleryStack
-from tests.engines.celery.conftest import celery_env
-from tests.engines.celery.conftest import Worker as CeleryWorker
 from tests.support.collector import Collector
+from tests.support.engine import WorkerProcess, worker_env
+from tests.support.engine import Stack as EngineStack
 
-ROOT = Path(__file__).resolve().parents[3]
 DRAMATIQ = [sys.executable, "-m", "dramatiq", "tests.engines.dramatiq.app"]
 BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
-P = "/api/v1/projects/default"
 
 pytestmark = pytest.mark.engine("dramatiq")
 
-
-dramatiq_env = celery_env
-"""The test environment of a worker: no Z4J_ variable but the agent's, the test Redis, PYTHONPATH."""
+dramatiq_env = worker_env
 
 
-class Worker(CeleryWorker):
+class Worker(WorkerProcess):
     """One `dramatiq` CLI process group (its worker processes are forked children); output to a log file.
-    log(), stop() (warm: SIGTERM to the main process) and kill() (SIGKILL to the group) are the Celery tests'."""
+    Ready when every worker process says so; stop() waits up to 60 s for the warm shutdown."""
+
+    ready = "Worker process is ready for action."
+    stop_timeout = 60.0
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, processes: int = 2, threads: int = 2,
                  queues: tuple[str, ...] = ("default", "dead"), name: str | None = None) -> None:
         self.name = name or f"d{uuid.uuid4().hex[:6]}"
-        self.processes = processes
-        self.log_path = log_dir / f"dramatiq-{self.name}.log"
-        self.cmd = [*DRAMATIQ, "--processes", str(processes), "--threads", str(threads), "--queues", *queues]
-        self.env = env
-        self.proc: subprocess.Popen | None = None
+        self.processes = self.ready_count = processes
+        cmd = [*DRAMATIQ, "--processes", str(processes), "--threads", str(threads), "--queues", *queues]
+        super().__init__(cmd, env, log_dir / f"dramatiq-{self.name}.log", "dramatiq")
 
     def start(self, ready_timeout: float = 60.0) -> Worker:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=ROOT)
-        deadline = time.monotonic() + ready_timeout
-        while self.log().count("Worker process is ready for action.") < self.processes:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"dramatiq exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"dramatiq not ready:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-        return self
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return [int(x) for x in out.split()]
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        return super().stop(timeout)
+        return super().start(timeout=ready_timeout)
 
 
 def producer(redis_url: str):
@@ -89,22 +64,11 @@ def send(broker, actor: str, *args, queue: str = "default", options: dict | None
     return broker.enqueue(msg(actor, *args, queue=queue, options=options, **kwargs))
 
 
-class Stack(CeleryStack):
-    """A collector, agent credentials and an admin API client (the Celery tests' helper, for engine dramatiq)."""
+class Stack(EngineStack):
+    """A collector, agent credentials (``name``) and an admin API client, for engine dramatiq."""
 
     def __init__(self, collector: Collector, redis_url: str, name: str = "d1") -> None:
-        super().__init__(collector, redis_url, name)
-        self.name = name
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return dramatiq_env(self.redis_url, self.collector.agent_env(self.creds), **extra)
-
-    def task(self, task_id: str) -> dict | None:
-        r = self.api.get(f"{P}/tasks/{task_id}", params={"engine": "dramatiq"})
-        return r.json() if r.status_code == 200 else None
-
-    def connections(self, name: str | None = None) -> int:
-        return super().connections(name or self.name)
+        super().__init__(collector, redis_url, "dramatiq", name)
 
 
 def module_stack(request, tmp_path_factory, redis_server, label: str, **collector_env) -> Stack:

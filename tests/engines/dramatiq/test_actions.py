@@ -18,46 +18,33 @@ import httpx
 import pytest
 import redis
 
-from tests.engines.dramatiq.conftest import DBS, P, Worker, module_stack, producer, send
+from tests.engines.dramatiq.conftest import Worker, module_stack, producer, send
 from tests.support.collector import mint_tokens, wait_until
+from tests.support.engine import DBS, OPERATOR, P, Actions, operator_user, runs
 
 pytestmark = pytest.mark.engine("dramatiq")
 
-OPERATOR = "ops@example.com"
-PASSWORD = "operator-password-1"
 SECRET = "sk_live_abcdefghijklmnop0123"
 
 
-class World:
+class World(Actions):
+    wait = 30
+
     def __init__(self, stack, worker, redis_url: str, operator: httpx.Client, viewer: httpx.Client,
                  admin: httpx.Client, user_id: int) -> None:
         self.stack, self.worker, self.broker = stack, worker, producer(redis_url)
         self.redis = redis.Redis.from_url(redis_url)
         self.operator, self.viewer, self.admin, self.user_id = operator, viewer, admin, user_id
 
-    def post(self, path: str, body: dict | None = None, api: httpx.Client | None = None) -> httpx.Response:
-        return (api or self.operator).post(f"{P}/{path}", json=body or {})
-
-    def ok(self, path: str, body: dict | None = None) -> dict:
-        response = self.post(path, {"wait": 30, **(body or {})})
-        assert response.status_code == 200, response.text
-        command = response.json()
-        assert command["state"] == "succeeded", (command["error"], command)
-        return command
-
     def runs(self, key: str) -> list[dict]:
-        return [json.loads(x) for x in self.redis.lrange(f"ran:{key}", 0, -1)]
+        return runs(self.redis, key)
 
 
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
 def world(request, redis_server, tmp_path_factory):
     stack = module_stack(request, tmp_path_factory, redis_server, "dq-actions")
     collector = stack.collector
-    root = httpx.Client(base_url=collector.url, timeout=30,
-                        headers={"Authorization": f"Bearer {collector.first_superuser()}"})
-    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
-    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
-    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    operator, user_id = operator_user(collector)
     tokens = mint_tokens(collector, "viewer")
     worker = Worker(stack.env(Z4J_DRAMATIQ_HEARTBEAT_S="1", Z4J_DRAMATIQ_QUEUE_DEPTH_S="0.5"),
                     collector.log_path.parent, processes=2, threads=4)
@@ -96,13 +83,8 @@ def test_retry_reruns_the_exact_message_under_a_new_id_and_is_audited(world):
     assert new["retries"] in (None, 0) and new["kwargs"]["api_token"] == "[redacted]"
     assert w.stack.task(first.message_id)["state"] == "failure"  # the old task keeps its history
 
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.dramatiq.retry*"}).json()["entries"]
-    sent = next(r for r in rows if r["action"] == "command.dramatiq.retry"
-                and r["target"] == f"task:{first.message_id}")
-    assert (sent["actor"], sent["actor_user_id"], sent["outcome"]) == (OPERATOR, w.user_id, "sent")
-    done = next(r for r in rows if r["action"] == "command.dramatiq.retry.result"
-                and r["target"] == f"command:{command['id']}")
-    assert done["outcome"] == "ok" and SECRET not in json.dumps(rows)
+    rows, _ = w.audited("command.dramatiq.retry", f"task:{first.message_id}", command)
+    assert SECRET not in json.dumps(rows)
 
 
 def test_cancel_a_waiting_message_and_abort_a_running_one(world):
@@ -194,7 +176,7 @@ def test_requeue_of_1000_dead_letters_runs_each_once_more_and_none_twice(world):
     task = w.stack.task(ids[7])
     assert [e["kind"] for e in task["events"]][-3:] == ["sent", "started", "succeeded"]
     assert task["events"][-3]["engine_state"] == "REQUEUED"
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.dramatiq.requeue_dead"}).json()["entries"]
+    rows = w.audit("command.dramatiq.requeue_dead")
     assert len(rows) == 3 and all(r["actor"] == OPERATOR for r in rows)
 
 

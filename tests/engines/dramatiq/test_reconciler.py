@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 from dramatiq import Message
 
-from tests.engines.dramatiq.conftest import DBS, P, Worker, module_stack, producer, send
+from tests.engines.dramatiq.conftest import Worker, module_stack, producer, send
 from tests.support.collector import wait_until
+from tests.support.engine import DBS, P
 
 pytestmark = pytest.mark.engine("dramatiq")
 OFFLINE_S = 4
@@ -47,8 +48,7 @@ def test_sigkill_mid_message_ends_lost_or_its_results_backend_state(stack):
         settled = stack.wait_task(known.message_id, "success", timeout=30)
         assert settled["engine_state"] == "SUCCESS" and settled["result"] == 42
 
-        entries = stack.api.get(f"{P}/audit", params={"action": "task.reconciled"}).raise_for_status().json()
-        by_target = {e["target"]: e for e in entries["entries"]}
+        by_target = {e["target"]: e for e in stack.audit("task.reconciled")}
         assert by_target[f"task:{lost.message_id}"]["outcome"] == "lost"
         assert by_target[f"task:{known.message_id}"]["outcome"] == "settled"
         for entry in by_target.values():

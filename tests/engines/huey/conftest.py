@@ -7,39 +7,34 @@ runs its checks on both Huey storages under it (:func:`open_world`).
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.engines.celery.conftest import Stack as CeleryStack
-from tests.engines.celery.conftest import Worker, celery_env
 from tests.support.collector import Collector, mint_agent
+from tests.support.engine import WorkerProcess, db_rows, worker_env
+from tests.support.engine import Stack as EngineStack
 
-ROOT = Path(__file__).resolve().parents[3]
 CONSUMER = [sys.executable, "-m", "huey.bin.huey_consumer", "tests.engines.huey.proj.huey"]
 BOOTSTRAP_LINE = "z4j consumer bootstrap: agent runtime started"
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 STORAGES = ("redis", "sqlite")
-P = "/api/v1/projects/default"
 
 pytestmark = pytest.mark.engine("huey")
 
 
-class Consumer(Worker):
-    """One `huey_consumer` process group (the Celery tests' process handling); output in a log file."""
+class Consumer(WorkerProcess):
+    """One `huey_consumer` process group; output in a log file."""
+
+    ready = BOOTSTRAP_LINE
 
     def __init__(self, env: dict[str, str], log_dir: Path, *, workers: int = 2, kind: str = "thread",
                  periodic: bool = True, label: str | None = None) -> None:
         self.name = label or f"c{uuid.uuid4().hex[:6]}"
-        self.log_path = log_dir / f"huey-{self.name}.log"
-        self.cmd = [*CONSUMER, "-w", str(workers), "-k", kind, "-d", "0.05", "-m", "0.2", *(() if periodic else ("-n",))]
-        self.env = env
-        self.proc: subprocess.Popen | None = None
+        cmd = [*CONSUMER, "-w", str(workers), "-k", kind, "-d", "0.05", "-m", "0.2", *(() if periodic else ("-n",))]
+        super().__init__(cmd, env, log_dir / f"huey-{self.name}.log", "huey consumer")
 
     @property
     def worker(self) -> str:
@@ -48,28 +43,14 @@ class Consumer(Worker):
         return f"{self.env['Z4J_TEST_HUEY_NAME']}@{socket.gethostname()}:{self.proc.pid}"
 
     def start(self, ready: str = BOOTSTRAP_LINE, timeout: float = 60.0) -> Consumer:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=ROOT)
-        self.wait_log(ready, timeout)
-        return self
+        return super().start(ready, timeout)
 
 
-class Stack(CeleryStack):
-    """A collector and an admin API client, for the engine huey (agent credentials: per :class:`Side`)."""
+class Stack(EngineStack):
+    """A collector and an admin API client, for engine huey (agent credentials: per :class:`Side`)."""
 
-    def __init__(self, collector: Collector, name: str = "spare") -> None:
-        super().__init__(collector, "", name)
-
-    def task(self, task_id: str) -> dict | None:
-        r = self.api.get(f"{P}/tasks/{task_id}", params={"engine": "huey"})
-        return r.json() if r.status_code == 200 else None
-
-    def tasks(self, **params) -> list[dict]:
-        return super().tasks(**{"engine": "huey", **params})
-
-    def queues(self) -> dict[str, dict]:
-        return {q["name"]: q for q in self.api.get(f"{P}/queues").raise_for_status().json() if q["engine"] == "huey"}
+    def __init__(self, collector: Collector) -> None:
+        super().__init__(collector, "", "huey", agent="spare")
 
 
 class Side:
@@ -92,7 +73,7 @@ class Side:
         self.consumer: Consumer | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
-        return celery_env(self.redis_url, self.stack.collector.agent_env(self.creds),
+        return worker_env(self.redis_url, self.stack.collector.agent_env(self.creds),
                           Z4J_TEST_HUEY_STORAGE=self.storage, Z4J_TEST_HUEY_NAME=self.name, Z4J_TEST_HUEY_DB=self.db,
                           **extra)
 
@@ -142,22 +123,9 @@ def stored_replay(db_url: str, task_id: str) -> list[bytes]:
     """Every sealed call the collector stores on the events of a task, read straight from the database."""
     import base64
     import json
-    import sqlite3
 
-    if db_url.startswith("sqlite"):
-        conn = sqlite3.connect(db_url.split("sqlite:///", 1)[1])
-        try:
-            rows = conn.execute("SELECT data FROM task_events WHERE engine='huey' AND task_id=?", (task_id,)).fetchall()
-        finally:
-            conn.close()
-    else:
-        import psycopg
-
-        with psycopg.connect(db_url) as conn:
-            rows = conn.execute("SELECT data FROM task_events WHERE engine='huey' AND task_id=%s",
-                                (task_id,)).fetchall()
     out = []
-    for (data,) in rows:
+    for (data,) in db_rows(db_url, "SELECT data FROM task_events WHERE engine='huey' AND task_id=?", task_id):
         event = json.loads(bytes(data) if not isinstance(data, str) else data)
         if event.get("replay"):
             out.append(base64.b64decode(event["replay"]))

@@ -20,44 +20,22 @@ import uuid
 import httpx
 import pytest
 
-from tests.engines.huey.conftest import DBS, Consumer
+from tests.engines.huey.conftest import Consumer
 from tests.engines.huey.proj import runs
 from tests.support.collector import mint_tokens, wait_until
+from tests.support.engine import DBS, OPERATOR, Actions, operator_user
 
 pytestmark = pytest.mark.engine("huey")
 
 P = "/api/v1/projects/default"
-OPERATOR = "ops@example.com"
-PASSWORD = "operator-password-1"
 SECRET = "sk_live_abcdefghijklmnop0123"
 OFFLINE_S = 4
 
 
-class World:
+class World(Actions):
     def __init__(self, stack, sides, tmp, operator: httpx.Client, viewer: httpx.Client, user_id: int) -> None:
         self.stack, self.sides, self.tmp = stack, sides, tmp
         self.operator, self.viewer, self.user_id = operator, viewer, user_id
-
-    def post(self, path: str, body: dict | None = None, api: httpx.Client | None = None) -> httpx.Response:
-        return (api or self.operator).post(f"{P}/{path}", json=body or {})
-
-    def command(self, path: str, body: dict | None = None) -> dict:
-        response = self.post(path, {"wait": 15, **(body or {})})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def ok(self, path: str, body: dict | None = None) -> dict:
-        command = self.command(path, body)
-        assert command["state"] == "succeeded", (command["error"], command)
-        return command
-
-    def refused(self, path: str, body: dict | None = None) -> str:
-        command = self.command(path, body)
-        assert command["state"] == "failed", command
-        return command["error"]
-
-    def audit(self, action: str) -> list[dict]:
-        return self.operator.get(f"{P}/audit", params={"action": action}).raise_for_status().json()["entries"]
 
 
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
@@ -67,11 +45,7 @@ def world(request, tmp_path_factory):
     stack, sides, tmp = open_world(request, tmp_path_factory, "actions", Z4J_RECONCILE_INTERVAL_S=1,
                                    Z4J_RECONCILE_WORKER_OFFLINE_S=OFFLINE_S, Z4J_SCHEDULE_SYNC_S=0.5)
     collector = stack.collector
-    root = httpx.Client(base_url=collector.url, timeout=30,
-                        headers={"Authorization": f"Bearer {collector.first_superuser()}"})
-    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
-    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
-    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    operator, user_id = operator_user(collector)
     viewer = collector.api(mint_tokens(collector, "viewer")["viewer"])
     for side in sides.values():
         side.start(tmp)
@@ -108,13 +82,8 @@ def test_a_retried_task_reruns_with_the_exact_args_and_succeeds_once_fixed(world
         assert w.stack.task(first.id)["state"] == "failure"  # the old task keeps its history
 
         # the audit names the user, the time and the action
-        rows = w.audit("command.huey.retry*")
-        sent = next(r for r in rows if r["action"] == "command.huey.retry" and r["target"] == f"task:{first.id}")
-        assert (sent["actor"], sent["actor_user_id"], sent["outcome"]) == (OPERATOR, w.user_id, "sent")
-        assert before - 1 <= sent["ts"] <= time.time() and sent["detail"]["command"] == command["id"]
-        result = next(r for r in rows if r["action"] == "command.huey.retry.result"
-                      and r["target"] == f"command:{command['id']}")
-        assert result["outcome"] == "ok"
+        rows, sent = w.audited("command.huey.retry", f"task:{first.id}", command)
+        assert before - 1 <= sent["ts"] <= time.time()
         assert SECRET not in json.dumps(rows)
 
         # a sealed call this agent cannot open: one line, nothing enqueued

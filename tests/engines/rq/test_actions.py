@@ -16,37 +16,23 @@ import httpx
 import pytest
 from rq.registry import FailedJobRegistry
 
-from tests.engines.rq.conftest import DBS, P, Stack, Worker, module_stack, producer_agent
-from tests.support.collector import mint_tokens, wait_until
+from tests.engines.rq.conftest import Stack, Worker, module_stack, producer_agent
+from tests.support.collector import mint_tokens, wait_agent_connected
+from tests.support.engine import DBS, OPERATOR, Actions, operator_user, runs
 from z4j_agents.rq import Queue as Z4JQueue
 
 pytestmark = pytest.mark.engine("rq")
 
-OPERATOR = "ops@example.com"
-PASSWORD = "operator-password-1"
 SECRET = "sk_live_abcdefghijklmnop0123"
 
 
-class World:
+class World(Actions):
     def __init__(self, stack: Stack, worker: Worker, operator: httpx.Client, viewer: httpx.Client,
                  user_id: int) -> None:
         self.stack, self.worker, self.operator, self.viewer, self.user_id = stack, worker, operator, viewer, user_id
 
-    def post(self, path: str, body: dict | None = None, api: httpx.Client | None = None) -> httpx.Response:
-        return (api or self.operator).post(f"{P}/{path}", json=body or {})
-
-    def command(self, path: str, body: dict | None = None) -> dict:
-        response = self.post(path, {"wait": 15, **(body or {})})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def ok(self, path: str, body: dict | None = None) -> dict:
-        command = self.command(path, body)
-        assert command["state"] == "succeeded", (command["error"], command)
-        return command
-
     def runs(self, key: str) -> list[dict]:
-        return [json.loads(x) for x in self.stack.redis.lrange(f"ran:{key}", 0, -1)]
+        return runs(self.stack.redis, key)
 
 
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
@@ -54,18 +40,13 @@ def world(request, redis_server, tmp_path_factory):
     redis_server.flushall()
     stack, tmp = module_stack(request, redis_server, tmp_path_factory, "actions")
     collector = stack.collector
-    root = httpx.Client(base_url=collector.url, timeout=30,
-                        headers={"Authorization": f"Bearer {collector.first_superuser()}"})
-    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
-    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
-    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    operator, user_id = operator_user(collector)
     viewer = collector.api(mint_tokens(collector, "viewer")["viewer"])
     worker = Worker(stack.env(Z4J_RQ_HEARTBEAT_S="1", Z4J_RQ_QUEUE_DEPTH_S="0.5"), stack.redis_url, tmp,
                     queues="default", name="act")
     try:
         worker.start()
-        wait_until(lambda: any(a["name"] == "w1" and a["connected"] for a in stack.api.get(f"{P}/agents").json()),
-                   what="the worker's agent")
+        wait_agent_connected(stack.api, "w1")
         yield World(stack, worker, operator, viewer, user_id)
     finally:
         worker.kill()
@@ -99,12 +80,7 @@ def test_a_retried_job_reruns_with_the_exact_args_and_succeeds_once_fixed(world)
     assert w.stack.task(first.id)["state"] == "failure"  # the old job keeps its history
     assert first.id not in FailedJobRegistry("default", connection=w.stack.redis).get_job_ids()
 
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.rq.retry*"}).json()["entries"]
-    sent = next(r for r in rows if r["action"] == "command.rq.retry" and r["target"] == f"task:{first.id}")
-    assert (sent["actor"], sent["actor_user_id"], sent["outcome"]) == (OPERATOR, w.user_id, "sent")
-    result = next(r for r in rows if r["action"] == "command.rq.retry.result"
-                  and r["target"] == f"command:{command['id']}")
-    assert result["outcome"] == "ok"
+    rows, _ = w.audited("command.rq.retry", f"task:{first.id}", command)
     assert SECRET not in json.dumps(rows)
 
     # a job whose hash expired cannot be retried: one line, nothing enqueued
@@ -187,6 +163,6 @@ def test_purge_with_filters_dead_letters_and_requeue(world):
     assert not set(j.id for j in jobs[1:]) & set(failed.get_job_ids())
     assert not w.stack.redis.exists(jobs[1].key)  # the job hash is deleted too
 
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.rq.*"}).json()["entries"]
+    rows = w.audit("command.rq.*")
     actions = {r["action"] for r in rows if r["actor"] == OPERATOR}
     assert {"command.rq.purge", "command.rq.requeue_dead", "command.rq.cancel"} <= actions

@@ -9,8 +9,9 @@ import pytest
 from rq.job import Job
 from rq.results import Result
 
-from tests.engines.rq.conftest import DBS, P, Worker, module_stack
+from tests.engines.rq.conftest import Worker, module_stack
 from tests.support.collector import wait_until
+from tests.support.engine import DBS, P
 
 pytestmark = pytest.mark.engine("rq")
 
@@ -53,7 +54,7 @@ def test_sigkill_mid_job_ends_lost_or_its_rq_state(stack_tmp):
         settled = stack.wait_task(known.id, "success", timeout=30)
         assert settled["engine_state"] == "finished" and settled["result"] == 42
 
-        entries = stack.api.get(f"{P}/audit", params={"action": "task.reconciled"}).raise_for_status().json()["entries"]
+        entries = stack.audit("task.reconciled")
         by_target = {e["target"]: e for e in entries}
         assert by_target[f"task:{lost.id}"]["outcome"] == "lost"
         assert by_target[f"task:{known.id}"]["outcome"] == "settled"

@@ -14,8 +14,9 @@ import pytest
 from rq.job import Job
 from rq_scheduler import Scheduler
 
-from tests.engines.rq.conftest import DBS, P, RQ, ROOT, Worker, module_stack
-from tests.support.collector import wait_until
+from tests.engines.rq.conftest import RQ, Worker, module_stack
+from tests.support.collector import wait_agent_connected, wait_until
+from tests.support.engine import DBS, P, ROOT
 
 pytestmark = pytest.mark.engine("rq")
 
@@ -31,8 +32,7 @@ def world(request, redis_server, tmp_path_factory):
     procs = []
     try:
         worker.start()
-        wait_until(lambda: any(a["name"] == "w1" and a["connected"] for a in stack.api.get(f"{P}/agents").json()),
-                   what="the worker's agent")
+        wait_agent_connected(stack.api, "w1")
         for name, cmd in (("rqscheduler", [str(ROOT / ".venvs/rq/bin/rqscheduler"), "--url", stack.redis_url,
                                            "-i", "1"]),
                           ("cron", [*RQ, "cron", "--url", stack.redis_url, "tests.engines.rq.cronconf"])):
@@ -93,7 +93,7 @@ def test_rq_scheduler_entries_round_trip_and_fire(world):
 
     assert stack.api.delete(f"{P}/schedules/{row['id']}").status_code == 204
     assert "tick" not in scheduler and "tick" not in schedules(stack)
-    entries = stack.api.get(f"{P}/audit", params={"action": "schedule.*"}).raise_for_status().json()["entries"]
+    entries = stack.audit("schedule.*")
     assert {"schedule.create", "schedule.edit", "schedule.disable", "schedule.enable", "schedule.trigger",
             "schedule.delete"} <= {e["action"] for e in entries}
 

@@ -17,41 +17,21 @@ import uuid
 import pytest
 import redis
 
-from tests.engines.taskiq.conftest import DBS, P, Producer, Stack, module_db, worker
+from tests.engines.taskiq.conftest import Producer, Stack, worker
 from tests.support.collector import Collector, mint_tokens, wait_until
+from tests.support.engine import DBS, OPERATOR, P, Actions, module_database, operator_user, runs
 
 pytestmark = pytest.mark.engine("taskiq")
 
-OPERATOR = "ops@example.com"
-PASSWORD = "operator-password-1"
 SECRET = "sk_live_abcdefghijklmnop0123"
 OFFLINE_S = 4
 
 
-class World:
+class World(Actions):
     def __init__(self, stack: Stack, doomed, survivor, producer: Producer, operator, viewer, user_id: int) -> None:
         self.stack, self.doomed, self.survivor, self.producer = stack, doomed, survivor, producer
         self.operator, self.viewer, self.user_id = operator, viewer, user_id
         self.redis = redis.Redis.from_url(stack.redis_url)
-
-    def post(self, path: str, body: dict | None = None, api=None):
-        return (api or self.operator).post(f"{P}/{path}", json=body or {})
-
-    def ok(self, path: str, body: dict | None = None) -> dict:
-        response = self.post(path, {"wait": 15, **(body or {})})
-        assert response.status_code == 200, response.text
-        command = response.json()
-        assert command["state"] == "succeeded", (command["error"], command)
-        return command
-
-    def failed(self, path: str, body: dict | None = None) -> str:
-        response = self.post(path, {"wait": 15, **(body or {})})
-        assert response.status_code == 200, response.text
-        assert response.json()["state"] == "failed", response.json()
-        return response.json()["error"]
-
-    def runs(self, key: str) -> list[dict]:
-        return [json.loads(x) for x in self.redis.lrange(f"ran:{key}", 0, -1)]
 
     def children(self, parent: str, count: int) -> list[str]:
         self.stack.wait_task(parent, "success")
@@ -59,18 +39,18 @@ class World:
                           what=f"{count} task(s) kicked by {parent}")
         return [r["task_id"] for r in rows]
 
+    def runs(self, key: str) -> list[dict]:
+        return runs(self.redis, key)
+
 
 @pytest.fixture(scope="module", params=DBS, ids=DBS)
 def world(request, redis_server, tmp_path_factory):
-    db_url, tmp = module_db(request, tmp_path_factory, "actions")
+    db_url, tmp = module_database(request, tmp_path_factory, "actions")
     redis_server.flushall()
     collector = Collector(db_url, tmp, env={"Z4J_RECONCILE_INTERVAL_S": "1",
                                             "Z4J_RECONCILE_WORKER_OFFLINE_S": str(OFFLINE_S)}).start()
     stack = Stack(collector, redis_server.url)
-    root = collector.api(collector.first_superuser())
-    user_id = root.post("/api/v1/users", json={"email": OPERATOR, "password": PASSWORD}).raise_for_status().json()["id"]
-    root.put(f"{P}/members/{user_id}", json={"role": "operator"}).raise_for_status()
-    operator = collector.api(collector.login(OPERATOR, PASSWORD))
+    operator, user_id = operator_user(collector)
     viewer = collector.api(mint_tokens(collector, "viewer")["viewer"])
     env = stack.env(Z4J_TASKIQ_HEARTBEAT_S="1", Z4J_TASKIQ_QUEUE_DEPTH_S="0.5", Z4J_TASKIQ_QUEUES="idle,purgeq")
     doomed = worker(env, tmp, workers=2, name="doomed")
@@ -110,12 +90,7 @@ def test_a_retried_task_reruns_with_the_exact_args_and_the_audit_names_the_user(
     assert new["kwargs"]["api_token"] == "[redacted]"
     assert w.stack.task(first)["state"] == "failure"
 
-    rows = w.operator.get(f"{P}/audit", params={"action": "command.taskiq.retry*"}).json()["entries"]
-    sent = next(r for r in rows if r["action"] == "command.taskiq.retry" and r["target"] == f"task:{first}")
-    assert (sent["actor"], sent["actor_user_id"], sent["outcome"]) == (OPERATOR, w.user_id, "sent")
-    result = next(r for r in rows if r["action"] == "command.taskiq.retry.result"
-                  and r["target"] == f"command:{command['id']}")
-    assert result["outcome"] == "ok"
+    rows, _ = w.audited("command.taskiq.retry", f"task:{first}", command)
     assert SECRET not in json.dumps(rows)
 
 
@@ -130,7 +105,7 @@ def test_cancel_a_queued_task_and_a_running_one(world):
     assert w.redis.llen("idle") == 1 and w.stack.task(kept)["state"] == "pending"
     # gone meanwhile (a worker took it): refused, nothing changed
     w.redis.delete("idle")
-    assert "is not waiting in queue 'idle'" in w.failed(f"tasks/{kept}/cancel")
+    assert "is not waiting in queue 'idle'" in w.refused(f"tasks/{kept}/cancel")
     assert w.stack.task(kept)["state"] == "pending"
 
     # running async tasks: cancelled in the process that runs them (asked over pub/sub when the
@@ -148,7 +123,7 @@ def test_cancel_a_queued_task_and_a_running_one(world):
     # a synchronous task runs in a thread: taskiq cannot stop it, said in one line
     sync = w.producer.kick("proj.sync_sleep", 2)
     w.stack.wait_task(sync, "started")
-    error = w.failed(f"tasks/{sync}/cancel", {"terminate": True, "confirm": True})
+    error = w.refused(f"tasks/{sync}/cancel", {"terminate": True, "confirm": True})
     assert "synchronous function running in a worker thread" in error and "nothing changed" in error
     assert w.stack.wait_task(sync, "success")["result"] == 2
 
@@ -174,9 +149,9 @@ def test_purge_a_queue_whole_or_by_name_or_age(world):
     assert named["purged"] == 2 and w.redis.llen("purgeq") == 3
     assert w.ok("queues/purgeq/purge", {"confirm": True, "engine": "taskiq"})["result"]["purged"] == 3
     assert w.redis.llen("purgeq") == 0
-    error = w.failed("queues/purgeq/purge", {"confirm": True, "dead_letters": True, "engine": "taskiq"})
+    error = w.refused("queues/purgeq/purge", {"confirm": True, "dead_letters": True, "engine": "taskiq"})
     assert error.startswith("taskiq keeps no dead letters")
-    audit = w.operator.get(f"{P}/audit", params={"action": "command.taskiq.purge"}).json()["entries"]
+    audit = w.audit("command.taskiq.purge")
     assert audit and all(e["actor"] == OPERATOR and e["target"] == "queue:purgeq" for e in audit)
 
 
@@ -201,7 +176,7 @@ def test_a_killed_workers_tasks_end_lost_or_as_the_result_backend_says(world):
     settled = w.stack.wait_task(known, "success", timeout=30)
     assert settled["result"] == 42 and settled["engine_state"] == "success"
 
-    entries = w.stack.api.get(f"{P}/audit", params={"action": "task.reconciled"}).raise_for_status().json()["entries"]
+    entries = w.stack.audit("task.reconciled")
     by_target = {e["target"]: e for e in entries}
     assert by_target[f"task:{lost}"]["outcome"] == "lost"
     assert by_target[f"task:{known}"]["outcome"] == "settled"

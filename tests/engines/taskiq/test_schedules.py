@@ -17,8 +17,9 @@ import httpx
 import pytest
 import redis
 
-from tests.engines.taskiq.conftest import P, SCHEDULER_LINE, scheduler, taskiq_env, worker
+from tests.engines.taskiq.conftest import SCHEDULER_LINE, scheduler, taskiq_env, worker
 from tests.support.collector import mint_agent, mint_tokens, running, wait_agent_connected, wait_until
+from tests.support.engine import P
 
 pytestmark = pytest.mark.engine("taskiq")
 
