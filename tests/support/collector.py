@@ -39,6 +39,21 @@ def drawn_tree(text: str) -> list[tuple[int, str]]:
     return out
 
 
+_migrated: set[str] = set()
+
+
+def migrate_once(db_url: str) -> None:
+    """What `z4j db upgrade --db URL` does, in this process and once per database URL per test
+    process (the command costs seconds: a Python start and alembic's imports); the command
+    itself is tested in tests/collector/test_cli.py. A SQLite file deleted since is migrated anew."""
+    from z4j_collector.store import migrate
+
+    if db_url in _migrated and (not db_url.startswith("sqlite") or migrate.sqlite_path(db_url).exists()):
+        return
+    migrate.upgrade(db_url)
+    _migrated.add(db_url)
+
+
 class Collector:
     def __init__(self, db_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
         self.db_url = db_url
@@ -48,7 +63,7 @@ class Collector:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"collector-{self.port}.log"
         self.proc: subprocess.Popen | None = None
-        z4j("db", "upgrade", "--db", db_url)
+        migrate_once(db_url)
 
     def start(self, timeout: float = 30.0) -> Collector:
         log = open(self.log_path, "ab")
