@@ -132,6 +132,8 @@ def test_cancel_and_purge_on_a_busy_consumer(world):
 
         # cancel: the queued task is revoked at once, and the consumer skips it when it comes to it
         doomed, spared = kept
+        # the producer's agent reports the enqueue on its own clock: wait until the collector knows it
+        w.stack.wait_task(doomed.id, "pending")
         command = w.ok(f"tasks/{doomed.id}/cancel")
         assert command["result"] == {"task_id": doomed.id, "terminate": False, "revoked": True}
         assert w.stack.wait_task(doomed.id, "revoked")["engine_state"] == "REVOKED"
