@@ -64,6 +64,14 @@ def test_each_worker_process_starts_one_agent_and_every_message_arrives(world):
     wait_until(lambda: set(ids) <= {t["task_id"] for t in stack.tasks(state="success", name="add")}, 30,
                "40 messages succeeded")
     pids = {e["extra"]["pid"] for i in ids for e in stack.task(i)["events"] if e["kind"] == "started"}
+    assert pids <= set(worker.children()), pids
+    # Quick messages may all go to one process's prefetch: slow ones (more
+    # than one process's threads and prefetch hold) reach both, each
+    # reported by its own process's agent.
+    slow = [send(broker, "sleep", 0.3).message_id for _ in range(12)]
+    wait_until(lambda: set(slow) <= {t["task_id"] for t in stack.tasks(state="success", name="sleep")}, 60,
+               "12 slow messages succeeded")
+    pids = {e["extra"]["pid"] for i in slow for e in stack.task(i)["events"] if e["kind"] == "started"}
     assert pids <= set(worker.children()) and len(pids) == 2, pids
     detail = stack.task(ids[3])
     assert detail["result"] == 6 and detail["runtime"] is not None and detail["runtime"] >= 0
