@@ -22,7 +22,7 @@ import msgspec
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig
-from z4j_agents.runtime import AgentRuntime, CommandHandler
+from z4j_agents.runtime import AgentRuntime, CommandHandler, installed_version
 
 log = logging.getLogger("z4j.agent")
 
@@ -32,7 +32,7 @@ __all__ = ["Agent"]
 class Agent:
     def __init__(self, config: AgentConfig, engine: str = "bare", *, start: bool = True) -> None:
         self.engine = engine
-        self.runtime = AgentRuntime(config, engines=(engine,), version=_version())
+        self.runtime = AgentRuntime(config, engines=(engine,), version=installed_version())
         if start:
             self.runtime.start()
 
@@ -102,12 +102,3 @@ def _to_task_event(fields: dict[str, Any]) -> p.TaskEvent:
         for key, value in payload.items():
             setattr(event, key, value)
         return event
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"

@@ -38,6 +38,16 @@ class CommandError(Exception):
     """Raised by a command handler to refuse with a clear, user-facing reason."""
 
 
+def installed_version(dist: str = "z4j") -> str:
+    """The installed distribution's version ("0" when it cannot be read): what the agent reports."""
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:  # noqa: BLE001
+        return "0"
+
+
 class AgentRuntime:
     def __init__(
         self,

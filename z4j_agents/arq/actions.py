@@ -22,15 +22,14 @@ agent's own loop and connection (agent.py ``call``), never the worker's.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 import uuid
 from typing import Any
 
-from z4j_agents import replay
 from z4j_agents.arq import capture
 from z4j_agents.runtime import CommandError
+from z4j_agents.sealed_call import open_from_command
 
 from arq.constants import abort_jobs_ss as ABORT
 from arq.constants import in_progress_key_prefix as IN_PROGRESS
@@ -87,14 +86,8 @@ class ArqActions:
         from z4j_agents.arq.call import open_call
 
         old_id = _str(args, "task_id")
-        blob = args.get("replay")
-        if not isinstance(blob, str) or not blob:
-            raise CommandError("the original call was not sent with the command; nothing was enqueued")
-        try:
-            call = open_call(self.agent.secret, base64.b64decode(blob, validate=True),
-                             self.worker.job_deserializer if self.worker is not None else None)
-        except (replay.ReplayError, ValueError) as exc:
-            raise CommandError(f"cannot open the sealed call of {old_id}: {exc}; nothing was enqueued") from None
+        deserializer = self.worker.job_deserializer if self.worker is not None else None
+        call = open_from_command(args, old_id, lambda blob: open_call(self.agent.secret, blob, deserializer))
         new_id = uuid.uuid4().hex
         queue = call.get("queue") or (self.worker.queue_name if self.worker is not None else None)
         function, call_args, call_kwargs = call["function"], call["args"], call["kwargs"]

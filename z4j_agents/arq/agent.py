@@ -31,7 +31,9 @@ from typing import Any, Awaitable, Callable
 from z4j_agents import protocol as p
 from z4j_agents.arq import capture
 from z4j_agents.config import AgentConfig, ConfigError
-from z4j_agents.runtime import AgentRuntime, CommandError
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import LogOnce
+from z4j_agents.runtime import AgentRuntime, CommandError, installed_version
 
 log = logging.getLogger("z4j.arq")
 bootstrap_log = logging.getLogger("z4j.arq.worker_bootstrap")
@@ -40,33 +42,9 @@ BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
 DRAIN_S = 0.05
 DRAIN_CHUNK = 200
 MAX_FIRES = 1000
-ENV_OPTIONS = (("heartbeat_s", "Z4J_ARQ_HEARTBEAT_S"), ("queue_depth_s", "Z4J_ARQ_QUEUE_DEPTH_S"))
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"
-
 
 def options_from_env() -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key, env in ENV_OPTIONS:
-        raw = os.environ.get(env)
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = -1.0
-            if not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{env} must be a number of seconds, got {raw!r}")
-            opts[key] = value
-    raw = os.environ.get("Z4J_ARQ_QUEUES")
-    if raw:
-        opts["queues"] = tuple(q.strip() for q in raw.split(",") if q.strip())
+    opts = engine_options(os.environ, "arq")
     name = os.environ.get("Z4J_ARQ_WORKER_NAME")
     if name:
         opts["worker_name"] = name
@@ -79,7 +57,7 @@ class ArqAgent:
     def __init__(self, config: AgentConfig, *, redactor: Any = None, heartbeat_s: float = 10.0,
                  queue_depth_s: float = 5.0, queues: tuple[str, ...] = (), worker_name: str | None = None) -> None:
         self.config = config
-        self.runtime = AgentRuntime(config, engines=(self.engine,), version=_version(), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(self.engine,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = heartbeat_s or 10.0
         self.queue_depth_s = queue_depth_s
         self.extra_queues = tuple(queues)
@@ -95,7 +73,7 @@ class ArqAgent:
         self._stop = threading.Event()
         self._pool: Any = None
         self._pool_lock: asyncio.Lock | None = None
-        self._said: set[str] = set()
+        self._once = LogOnce(log)
 
     @property
     def secret(self) -> str:
@@ -221,16 +199,11 @@ class ArqAgent:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - Redis may be down; next round
-                    self._once(f"monitor:{type(exc).__name__}", "z4j arq: could not sample the worker: %s: %s",
-                               type(exc).__name__, exc)
+                    self._once(f"monitor:{type(exc).__name__}", logging.WARNING,
+                               "z4j arq: could not sample the worker: %s: %s", type(exc).__name__, exc)
                     await self._drop_pool()
             wake = min(next_beat, next_depth if self.queue_depth_s > 0 else next_beat)
             await asyncio.sleep(max(0.05, wake - time.monotonic()))
-
-    def _once(self, key: str, message: str, *args: Any) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.warning(message, *args)
 
     def queues(self) -> list[str]:
         names = [self.worker.queue_name] if self.worker is not None else []

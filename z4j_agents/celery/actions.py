@@ -22,7 +22,6 @@ Handlers run on the agent's command threads, never in a task; a refusal is a
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -30,8 +29,8 @@ import uuid
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents import replay
 from z4j_agents.runtime import CommandError
+from z4j_agents.sealed_call import open_from_command
 
 log = logging.getLogger("z4j.celery.actions")
 
@@ -110,16 +109,8 @@ class CeleryActions:
         from z4j_agents.celery.call import open_call
 
         old_id = _str(args, "task_id")
-        blob = args.get("replay")
-        if not isinstance(blob, str) or not blob:
-            raise CommandError("the original call was not sent with the command; nothing was published")
-        try:
-            call = open_call(_secret(self.agent), base64.b64decode(blob, validate=True))
-        except (replay.ReplayError, ValueError) as exc:
-            raise CommandError(f"cannot open the sealed call of {old_id}: {exc}; nothing was published") from None
-        except Exception as exc:  # noqa: BLE001 - a body the serializer cannot read
-            raise CommandError(f"cannot read the sealed call of {old_id}: {type(exc).__name__}: {exc}; "
-                               "nothing was published") from None
+        call = open_from_command(args, old_id, lambda blob: open_call(_secret(self.agent), blob),
+                                 outcome="nothing was published")
         new_id = str(uuid.uuid4())
         name, queue, headers = self._publish(call, old_id, new_id)
         # The new task's own event names the task it retries (shown in its

@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Any, Callable
 
 from z4j_agents import protocol as p
 from z4j_agents.celery import capture
 from z4j_agents.config import AgentConfig, ConfigError
-from z4j_agents.runtime import AgentRuntime
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import Monitor as BaseMonitor
+from z4j_agents.runtime import AgentRuntime, installed_version
 
 log = logging.getLogger("z4j.celery")
 bootstrap_log = logging.getLogger("z4j.celery.worker_bootstrap")
@@ -47,15 +48,6 @@ registered by ``z4j_agents.celery.actions.register(agent, app)``. Only the
 actions that module registers are declared in the hello."""
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
 class CeleryAgent:
     """What other parts (actions, beat) get: ``app``, ``config``, ``runtime``,
     ``hostname`` (the worker's node name), ``on_command(action, handler)``."""
@@ -66,7 +58,7 @@ class CeleryAgent:
                  heartbeat_s: float = 10.0, queue_depth_s: float = 5.0, queues: tuple[str, ...] = ()) -> None:
         self.app = app
         self.config = config
-        self.runtime = AgentRuntime(config, engines=(self.engine,), version=_version(), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(self.engine,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = heartbeat_s
         self.queue_depth_s = queue_depth_s
         self.extra_queues = tuple(queues)
@@ -175,55 +167,22 @@ def sampled_queues(agent: CeleryAgent) -> list[str]:
     return names
 
 
-class Monitor:
+class Monitor(BaseMonitor):
     """Heartbeats and queue depths, on one daemon thread of the MainProcess."""
 
+    engine = "celery"
+
     def __init__(self, agent: CeleryAgent) -> None:
-        self.agent = agent
-        self._stop = threading.Event()
+        super().__init__(agent, log)
         self._conn: Any = None
-        self._said: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="z4j-celery-monitor", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        self._close()
-
-    def _run(self) -> None:
-        agent = self.agent
-        next_beat = time.monotonic() + agent.heartbeat_s
-        next_depth = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if agent.queue_depth_s > 0 and now >= next_depth:
-                    next_depth = now + agent.queue_depth_s
-                    self.sample_depths()
-                if now >= next_beat:
-                    next_beat = now + agent.heartbeat_s
-                    agent.worker_event("heartbeat")
-            except Exception:  # noqa: BLE001
-                log.exception("z4j celery: monitor round failed")
-            wait = min(next_beat, next_depth if agent.queue_depth_s > 0 else next_beat) - time.monotonic()
-            self._stop.wait(max(0.05, wait))
-
-    def _close(self) -> None:
+    def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 conn.release()
             except Exception:  # noqa: BLE001
                 pass
-
-    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.log(level, message, *args)
 
     def sample_depths(self) -> None:
         agent = self.agent
@@ -233,15 +192,15 @@ class Monitor:
             conn = self._conn
             driver = conn.transport.driver_type
             if driver != "redis":
-                self._once("driver", logging.INFO,
+                self.once("driver", logging.INFO,
                            "z4j celery: queue depths are sampled on a Redis broker only (this one is %s)", driver)
                 return
             channel = conn.default_channel
             depths = {name: int(channel._size(name)) for name in sampled_queues(agent)}
         except Exception as exc:  # noqa: BLE001 - the broker may be down; try again next round
-            self._once(f"err:{type(exc).__name__}", logging.WARNING,
-                       "z4j celery: could not sample queue depths: %s: %s", type(exc).__name__, exc)
-            self._close()
+            self.once(f"err:{type(exc).__name__}", logging.WARNING,
+                      "z4j celery: could not sample queue depths: %s: %s", type(exc).__name__, exc)
+            self.close()
             return
         now = time.time()
         for name, depth in depths.items():
@@ -285,18 +244,7 @@ _worker_signals = False
 
 
 def _options_from_env() -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key, env in (("heartbeat_s", "Z4J_CELERY_HEARTBEAT_S"), ("queue_depth_s", "Z4J_CELERY_QUEUE_DEPTH_S")):
-        raw = os.environ.get(env)
-        if raw:
-            try:
-                opts[key] = float(raw)
-            except ValueError:
-                raise ConfigError(f"{env} must be a number of seconds, got {raw!r}") from None
-    raw = os.environ.get("Z4J_CELERY_QUEUES")
-    if raw:
-        opts["queues"] = tuple(q.strip() for q in raw.split(",") if q.strip())
-    return opts
+    return engine_options(os.environ, "celery")
 
 
 def build_agent(app: Any) -> CeleryAgent:

@@ -34,6 +34,7 @@ from typing import Any
 
 from z4j_agents import protocol as p
 from z4j_agents.celery import call as _call
+from z4j_agents.failure import exception_text
 
 log = logging.getLogger("z4j.celery")
 
@@ -108,15 +109,6 @@ def _chord_id(chord: Any) -> str | None:
     except Exception:  # noqa: BLE001
         return None
     return None
-
-
-def _exc_text(exc: Any) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<unprintable>"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
 
 
 def _task_event(task_id: str, kind: str, engine_state: str, **fields: Any) -> p.TaskEvent:
@@ -302,7 +294,7 @@ def on_task_failure(sender: Any = None, task_id: Any = None, exception: Any = No
         req = getattr(sender, "request", None)
         worker = getattr(req, "hostname", None) if getattr(req, "id", None) == task_id else None
         emit(_task_event(task_id, "failed", "FAILURE", name=_str(getattr(sender, "name", None)),
-                         worker=_str(worker), exception=_exc_text(exception),
+                         worker=_str(worker), exception=exception_text(exception),
                          traceback=str(tb) if tb else None, runtime=_runtime(task_id)))
     except Exception:  # noqa: BLE001
         log.exception("z4j celery: task_failure handler failed")
@@ -313,7 +305,7 @@ def on_task_retry(sender: Any = None, request: Any = None, reason: Any = None, e
         if state.agent is None or request is None:
             return
         exc = getattr(reason, "exc", None)
-        text = _exc_text(exc) if exc is not None else (str(reason) if reason is not None else None)
+        text = exception_text(exc) if exc is not None else (str(reason) if reason is not None else None)
         tb = getattr(einfo, "traceback", None)
         extra = {"retry_at": _ts(getattr(reason, "when", None))} if getattr(reason, "when", None) else None
         if extra and extra["retry_at"] is None:
@@ -343,7 +335,7 @@ def on_task_postrun(sender: Any = None, task_id: Any = None, task: Any = None, s
             req = getattr(task, "request", None)
             emit(_task_event(task_id, "rejected", "REJECTED", name=_str(getattr(task, "name", None)),
                              worker=_str(getattr(req, "hostname", None)),
-                             exception=_exc_text(retval) if isinstance(retval, BaseException) else None,
+                             exception=exception_text(retval) if isinstance(retval, BaseException) else None,
                              runtime=rt))
     except Exception:  # noqa: BLE001
         log.exception("z4j celery: task_postrun handler failed")
@@ -389,7 +381,7 @@ def on_task_rejected(sender: Any = None, message: Any = None, exc: Any = None, *
         if task_id is None:
             return
         emit(_task_event(task_id, "rejected", "REJECTED", name=name, worker=_str(getattr(sender, "hostname", None)),
-                         exception=_exc_text(exc) if exc is not None else "unknown message format"))
+                         exception=exception_text(exc) if exc is not None else "unknown message format"))
     except Exception:  # noqa: BLE001
         log.exception("z4j celery: task_rejected handler failed")
 

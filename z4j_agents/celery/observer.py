@@ -52,6 +52,8 @@ from typing import Any
 from z4j_agents import protocol as p
 from z4j_agents.celery import capture
 from z4j_agents.config import AgentConfig, ConfigError
+from z4j_agents.env_options import seconds
+from z4j_agents.monitor import LogOnce
 
 log = logging.getLogger("z4j.celery.observer")
 
@@ -351,7 +353,7 @@ class Observer:
         self._attempts: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._led_at = 0.0
         self._next_enable = 0.0
-        self._said: set[str] = set()
+        self._once = LogOnce(log)
         self.task_events = 0
         self.worker_events = 0
 
@@ -462,11 +464,6 @@ class Observer:
 
     # -------------------------------------------------------- lease and checks (main thread)
 
-    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.log(level, message, *args)
-
     def _open_lease(self) -> Lease:
         owner = f"{self.agent.config.agent_name} ({socket.gethostname()} pid {os.getpid()})"
         if self.lease_url:
@@ -559,14 +556,14 @@ class Observer:
             self._workers.clear()
             self._attempts.clear()
             self.task_events = self.worker_events = 0
-        self._said.discard("noworkers")
+        self._once.forget("noworkers")
         log.info("z4j observer: leading: this observer holds the lease and consumes the events of %s", self.where)
         self.pump = Pump(self)
         self.pump.start()
         if self.agent.queue_depth_s > 0:
             self.monitor = Monitor(self.agent)
             self.monitor.start()
-        self._said.discard("standby")
+        self._once.forget("standby")
 
     def _step_down(self, reason: str) -> None:
         log.warning("z4j observer: stopped consuming: %s", reason)
@@ -685,16 +682,8 @@ def load_app(path: str, broker: str | None = None) -> Any:
 
 
 def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be more than 0, got {raw!r}")
-    return value
+    value = seconds(os.environ, name, above_zero=True)
+    return default if value is None else value
 
 
 def build(app_path: str, *, enable_events: bool = False, broker: str | None = None, lease_url: str | None = None,

@@ -21,7 +21,6 @@ Handlers run on the agent's command threads, never in a worker thread.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import logging
 import time
@@ -29,10 +28,10 @@ import uuid
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents import replay
 from z4j_agents.dramatiq import redisq
 from z4j_agents.dramatiq.middleware import ENGINE, RETRY_OF, _q
 from z4j_agents.runtime import CommandError
+from z4j_agents.sealed_call import open_from_command
 
 log = logging.getLogger("z4j.dramatiq.actions")
 
@@ -65,16 +64,8 @@ class DramatiqActions:
         from z4j_agents.dramatiq.call import open_call
 
         old_id = _text(args, "task_id")
-        blob = args.get("replay")
-        if not isinstance(blob, str) or not blob:
-            raise CommandError("the original message was not sent with the command; nothing was enqueued")
-        try:
-            call = open_call(self.agent.config.hmac_secret, base64.b64decode(blob, validate=True))
-        except (replay.ReplayError, ValueError) as exc:
-            raise CommandError(f"cannot open the sealed message of {old_id}: {exc}; nothing was enqueued") from None
-        except Exception as exc:  # noqa: BLE001 - a message this process's encoder cannot read
-            raise CommandError(f"cannot read the sealed message of {old_id}: {type(exc).__name__}: {exc}; "
-                               "nothing was enqueued") from None
+        call = open_from_command(args, old_id, lambda blob: open_call(self.agent.config.hmac_secret, blob),
+                                 what="message")
         message = call["message"]
         queue = _q(call.get("queue") or message.queue_name)
         options = {k: v for k, v in message.options.items() if k not in _DROPPED_OPTIONS}

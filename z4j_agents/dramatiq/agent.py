@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents.config import AgentConfig, ConfigError
-from z4j_agents.runtime import AgentRuntime
+from z4j_agents.config import AgentConfig
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import Monitor as BaseMonitor
+from z4j_agents.runtime import AgentRuntime, installed_version
 
 log = logging.getLogger("z4j.dramatiq")
 bootstrap_log = logging.getLogger("z4j.dramatiq.worker_bootstrap")
@@ -40,31 +41,8 @@ BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
 SAMPLER_KEY = "z4j:dramatiq:depth-sampler"
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
 def options_from_env() -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key, env in (("heartbeat_s", "Z4J_DRAMATIQ_HEARTBEAT_S"), ("queue_depth_s", "Z4J_DRAMATIQ_QUEUE_DEPTH_S")):
-        raw = os.environ.get(env)
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                value = -1.0
-            if not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{env} must be a number of seconds, got {raw!r}")
-            opts[key] = value
-    raw = os.environ.get("Z4J_DRAMATIQ_QUEUES")
-    if raw:
-        opts["queues"] = tuple(q.strip() for q in raw.split(",") if q.strip())
-    return opts
+    return engine_options(os.environ, "dramatiq")
 
 
 class DramatiqAgent:
@@ -76,7 +54,7 @@ class DramatiqAgent:
                  queue_depth_s: float = 5.0, queues: tuple[str, ...] = ()) -> None:
         self.broker = broker
         self.config = config
-        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=_version(), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = heartbeat_s or 10.0
         self.queue_depth_s = queue_depth_s
         self.extra_queues = tuple(queues)
@@ -137,53 +115,20 @@ class DramatiqAgent:
             log.warning("z4j dramatiq: %d event(s) not delivered at shutdown", self.runtime.pending)
 
 
-class Monitor:
+class Monitor(BaseMonitor):
     """Heartbeats and queue depths, on one daemon thread of a worker process."""
 
+    engine = "dramatiq"
+
     def __init__(self, agent: DramatiqAgent) -> None:
-        self.agent = agent
-        self._stop = threading.Event()
-        self._said: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="z4j-dramatiq-monitor", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        agent = self.agent
-        sampling = agent.queue_depth_s > 0
-        next_beat = time.monotonic() + agent.heartbeat_s
-        next_depth = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if sampling and now >= next_depth:
-                    next_depth = now + agent.queue_depth_s
-                    self.sample_depths()
-                if now >= next_beat:
-                    next_beat = now + agent.heartbeat_s
-                    agent.worker_event("heartbeat")
-            except Exception:  # noqa: BLE001
-                log.exception("z4j dramatiq: monitor round failed")
-            wait = min(next_beat, next_depth) if sampling else next_beat
-            self._stop.wait(max(0.05, wait - time.monotonic()))
-
-    def _once(self, key: str, level: int, message: str, *args: Any) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            log.log(level, message, *args)
+        super().__init__(agent, log)
 
     def sample_depths(self) -> None:
         from z4j_agents.dramatiq import redisq
 
         agent = self.agent
         if not redisq.is_redis(agent.broker):
-            self._once("broker", logging.INFO, "z4j dramatiq: queue depths are sampled on a Redis broker only "
+            self.once("broker", logging.INFO, "z4j dramatiq: queue depths are sampled on a Redis broker only "
                        "(this one is %s)", type(agent.broker).__name__)
             return
         try:
@@ -193,8 +138,8 @@ class Monitor:
                 return
             depths = redisq.depths(agent.broker, agent.queue_names())
         except Exception as exc:  # noqa: BLE001 - Redis may be down; try again next round
-            self._once(f"err:{type(exc).__name__}", logging.WARNING,
-                       "z4j dramatiq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
+            self.once(f"err:{type(exc).__name__}", logging.WARNING,
+                      "z4j dramatiq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
             return
         now = time.time()
         for name, depth in depths.items():

@@ -45,13 +45,13 @@ import logging
 import os
 import threading
 import time
-import traceback as tb_module
 from typing import Any
 
 from dramatiq.middleware import Middleware
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig, ConfigError
+from z4j_agents.failure import exception_text, traceback_text
 
 log = logging.getLogger("z4j.dramatiq")
 
@@ -61,22 +61,6 @@ PARENT, ROOT, RETRY_OF, SEALED = "z4j_parent", "z4j_root", "z4j_retry_of", "z4j_
 
 def _q(name: str) -> str:
     return name[:-3] if name.endswith((".DQ", ".XQ")) else name
-
-
-def _exc_text(exc: Any) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<unprintable>"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
-def _traceback(exc: BaseException) -> str | None:
-    try:
-        return "".join(tb_module.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _is_abort(exc: Any) -> bool:
@@ -299,7 +283,7 @@ class Z4JMiddleware(Middleware):
                 self._outcomes[message.message_id] = _Outcome("failed by a middleware", None, runtime)
             else:
                 self._outcomes[message.message_id] = _Outcome(
-                    _exc_text(exception), _traceback(exception), runtime, aborted=_is_abort(exception))
+                    exception_text(exception), traceback_text(exception), runtime, aborted=_is_abort(exception))
         except Exception:  # noqa: BLE001
             log.exception("z4j dramatiq: after_process_message failed")
 
@@ -334,7 +318,7 @@ class Z4JMiddleware(Middleware):
             if outcome is None:  # nacked without being processed here (an unknown actor)
                 exc = getattr(message, "_exception", None)
                 kind, state = "rejected", "DEAD_LETTERED"
-                fields["exception"] = _exc_text(exc) if exc is not None else "dead-lettered before it ran"
+                fields["exception"] = exception_text(exc) if exc is not None else "dead-lettered before it ran"
             else:
                 fields.update(exception=outcome.exception, traceback=outcome.traceback, runtime=outcome.runtime)
                 if outcome.aborted:

@@ -20,16 +20,15 @@ Handlers run on the agent's command threads, never in a task; a refusal is a
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 import uuid
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents import replay
 from z4j_agents.huey.capture import ENGINE
 from z4j_agents.runtime import CommandError
+from z4j_agents.sealed_call import open_from_command
 
 log = logging.getLogger("huey.z4j")
 
@@ -55,13 +54,7 @@ class HueyActions:
         from z4j_agents.huey.call import open_call
 
         old_id = _str(args, "task_id")
-        blob = args.get("replay")
-        if not isinstance(blob, str) or not blob:
-            raise CommandError("the original call was not sent with the command; nothing was enqueued")
-        try:
-            call = open_call(self.agent.config.hmac_secret, base64.b64decode(blob, validate=True))
-        except (replay.ReplayError, ValueError) as exc:
-            raise CommandError(f"cannot open the sealed call of {old_id}: {exc}; nothing was enqueued") from None
+        call = open_from_command(args, old_id, lambda blob: open_call(self.agent.config.hmac_secret, blob))
         huey = self.huey
         if call.get("queue") != huey.name:
             raise CommandError(f"the sealed call of {old_id} is for Huey {call.get('queue')!r}, this consumer runs "

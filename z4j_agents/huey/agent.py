@@ -30,8 +30,10 @@ from typing import Any, Callable
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig, ConfigError
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import Monitor as BaseMonitor
 from z4j_agents.huey.capture import ENGINE, Binding
-from z4j_agents.runtime import AgentRuntime
+from z4j_agents.runtime import AgentRuntime, installed_version
 
 log = logging.getLogger("huey.z4j")
 
@@ -39,15 +41,6 @@ BOOTSTRAP_LINE = "z4j consumer bootstrap: agent runtime started"
 MAX_ROOTS = 50_000
 MAX_FIRES = 1000
 _TERMINAL = frozenset({"succeeded", "failed", "revoked", "rejected", "lost", "retried"})
-
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"
 
 
 class HueyAgent:
@@ -63,7 +56,7 @@ class HueyAgent:
         self.huey = binding.huey
         self.config = config
         self.consumer = consumer
-        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=_version(), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = heartbeat_s
         self.queue_depth_s = queue_depth_s
         self.worker_name = f"{self.huey.name}@{socket.gethostname()}:{os.getpid()}" if consumer is not None else None
@@ -183,51 +176,28 @@ class HueyAgent:
         return flushed
 
 
-class Monitor:
+class Monitor(BaseMonitor):
     """Heartbeats, queue depth and dead worker processes, on one daemon thread."""
 
+    engine = "huey"
+
     def __init__(self, agent: HueyAgent) -> None:
-        self.agent = agent
-        self._stop = threading.Event()
-        self._said: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="z4j-huey-monitor", daemon=True)
+        super().__init__(agent, log)
 
-    def start(self) -> None:
-        self._thread.start()
+    def heartbeat(self) -> None:
+        self.reap()
+        self.agent.worker_event("heartbeat")
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        agent = self.agent
-        next_beat = time.monotonic() + agent.heartbeat_s
-        next_depth = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if agent.queue_depth_s > 0 and now >= next_depth:
-                    next_depth = now + agent.queue_depth_s
-                    self.sample_depth()
-                if now >= next_beat:
-                    next_beat = now + agent.heartbeat_s
-                    self.reap()
-                    agent.worker_event("heartbeat")
-            except Exception:  # noqa: BLE001
-                log.exception("z4j huey: monitor round failed")
-            wait = min(next_beat, next_depth if agent.queue_depth_s > 0 else next_beat) - time.monotonic()
-            self._stop.wait(max(0.05, wait))
+    def sample_depths(self) -> None:
+        self.sample_depth()
 
     def sample_depth(self) -> None:
         agent = self.agent
         try:
             depth = int(agent.store.pending_count())
         except Exception as exc:  # noqa: BLE001 - the storage may be down; try again next round
-            key = f"err:{type(exc).__name__}"
-            if key not in self._said:
-                self._said.add(key)
-                log.warning("z4j huey: could not read the queue depth: %s: %s", type(exc).__name__, exc)
+            self.once(f"err:{type(exc).__name__}", logging.WARNING,
+                      "z4j huey: could not read the queue depth: %s: %s", type(exc).__name__, exc)
             return
         agent.runtime.emit(p.QueueEvent(id=p.new_id(), queue=agent.huey.name, engine=ENGINE, ts=time.time(),
                                         depth=depth))
@@ -266,20 +236,7 @@ def _pid_gone(pid: int) -> bool:
 
 
 def _options_from_env() -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    for key, env in (("heartbeat_s", "Z4J_HUEY_HEARTBEAT_S"), ("queue_depth_s", "Z4J_HUEY_QUEUE_DEPTH_S")):
-        raw = os.environ.get(env)
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"{env} must be a number of seconds, got {raw!r}") from None
-            if not value >= 0 or value == float("inf"):
-                raise ConfigError(f"{env} must be a number of seconds, got {raw!r}")
-            opts[key] = value
-    if opts.get("heartbeat_s") == 0:
-        raise ConfigError("Z4J_HUEY_HEARTBEAT_S must be above 0")
-    return opts
+    return engine_options(os.environ, "huey", queues=False)
 
 
 def build_agent(binding: Binding, consumer: Any = None) -> HueyAgent:

@@ -34,11 +34,11 @@ import logging
 import os
 import threading
 import time
-import traceback
 from datetime import datetime, timezone
 from typing import Any
 
 from z4j_agents import protocol as p
+from z4j_agents.failure import exception_text, traceback_text
 from z4j_agents.huey import call as _call
 
 log = logging.getLogger("huey.z4j")
@@ -217,7 +217,7 @@ class Binding:
             if exc is None:
                 self.emit(self._event(task, "succeeded", "COMPLETE", result=value, runtime=runtime, worker=worker))
                 return
-            text, tb = _exc_text(exc), _traceback(exc)
+            text, tb = exception_text(exc), traceback_text(exc)
             if task.retries:
                 self.emit(self._event(task, "retried", "RETRYING", exception=text, traceback=tb, runtime=runtime,
                                       worker=worker, retries=_retries_done(task),
@@ -256,7 +256,7 @@ class Binding:
             if not self.ready():
                 return
             self.starts.pop(task.id, None)
-            self.emit(self._event(task, "revoked", "CANCELED", exception=_exc_text(exc), worker=self.worker(),
+            self.emit(self._event(task, "revoked", "CANCELED", exception=exception_text(exc), worker=self.worker(),
                                   extra={"canceled": True, "pre_execute": True}))
         except Exception:  # noqa: BLE001
             log.exception("z4j huey: canceled receiver failed")
@@ -355,22 +355,6 @@ def _retries_done(task: Any) -> int | None:
     default = getattr(type(task), "default_retries", 0) or 0
     left = task.retries or 0
     return default - left if 0 < default and left <= default else None
-
-
-def _exc_text(exc: Any) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<unprintable>"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
-def _traceback(exc: BaseException) -> str | None:
-    try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:  # noqa: BLE001
-        return None
 
 
 def _from_pre_execute(exc: BaseException) -> bool:

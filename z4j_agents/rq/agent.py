@@ -31,7 +31,9 @@ from typing import Any
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig, ConfigError
-from z4j_agents.runtime import AgentRuntime
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import Monitor as BaseMonitor
+from z4j_agents.runtime import AgentRuntime, installed_version
 
 log = logging.getLogger("z4j.rq")
 bootstrap_log = logging.getLogger("z4j.rq.worker_bootstrap")
@@ -89,34 +91,9 @@ def emit(event: p.Event) -> None:
         log.exception("z4j rq: could not hand an event on")
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("z4j")
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
-def _env_seconds(name: str) -> float | None:
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if not value >= 0:
-        raise ConfigError(f"{name} must be 0 or more seconds, got {raw!r}")
-    return value
-
-
 def _options() -> dict[str, Any]:
     opts: dict[str, Any] = {"heartbeat_s": 10.0, "queue_depth_s": 5.0, "schedules": True}
-    for key, env in (("heartbeat_s", "Z4J_RQ_HEARTBEAT_S"), ("queue_depth_s", "Z4J_RQ_QUEUE_DEPTH_S")):
-        value = _env_seconds(env)
-        if value is not None:
-            opts[key] = value
+    opts.update(engine_options(os.environ, "rq", queues=False))
     if os.environ.get("Z4J_RQ_SCHEDULES", "").strip().lower() in ("0", "false", "no", "off"):
         opts["schedules"] = False
     opts.update(state.options)
@@ -133,7 +110,7 @@ class RQAgent:
                  queue_depth_s: float = 5.0, schedules: bool = True) -> None:
         self.config = config
         self.connection = connection
-        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=_version(), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = max(0.2, heartbeat_s)
         self.queue_depth_s = queue_depth_s
         self.schedules_on = schedules
@@ -214,42 +191,14 @@ def worker_info(agent: RQAgent) -> dict[str, Any]:
     return info
 
 
-class Monitor:
+class Monitor(BaseMonitor):
     """Heartbeats, queue depths and registry sizes, on one daemon thread of the parent."""
 
+    engine = "rq"
+
     def __init__(self, agent: RQAgent) -> None:
-        self.agent = agent
+        super().__init__(agent, log)
         self.registries: dict[str, dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._said: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="z4j-rq-monitor", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-
-    def _run(self) -> None:
-        agent = self.agent
-        next_beat = time.monotonic() + agent.heartbeat_s
-        next_depth = time.monotonic()
-        sample = agent.queue_depth_s > 0
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if sample and now >= next_depth:
-                    next_depth = now + agent.queue_depth_s
-                    self.sample_depths()
-                if now >= next_beat:
-                    next_beat = now + agent.heartbeat_s
-                    agent.worker_event("heartbeat")
-            except Exception:  # noqa: BLE001
-                log.exception("z4j rq: monitor round failed")
-            wait = min(next_beat, next_depth if sample else next_beat) - time.monotonic()
-            self._stop.wait(max(0.05, wait))
 
     def sample_depths(self) -> None:
         """LLEN of each queue the worker serves, and its registries' sizes (ZCARD), in one round trip."""
@@ -264,10 +213,8 @@ class Monitor:
                         pipe.zcard(registry.key)
                 counts = pipe.execute()
         except Exception as exc:  # noqa: BLE001 - Redis may be away; next round
-            key = f"err:{type(exc).__name__}"
-            if key not in self._said:
-                self._said.add(key)
-                log.warning("z4j rq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
+            self.once(f"err:{type(exc).__name__}", logging.WARNING,
+                      "z4j rq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
             return
         now = time.time()
         registries: dict[str, dict[str, int]] = {}

@@ -33,6 +33,7 @@ from typing import Any
 import rq
 
 from z4j_agents import protocol as p
+from z4j_agents.failure import exception_text
 from z4j_agents.rq.agent import ENGINE, emit, producer_agent, state
 
 log = logging.getLogger("z4j.rq")
@@ -54,15 +55,6 @@ def status(job: Any) -> str | None:
     except Exception:  # noqa: BLE001
         return None
     return None if value is None else str(getattr(value, "value", value))
-
-
-def exc_text(exc: Any) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<unprintable>"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
 
 
 def dependencies(job: Any) -> list[str]:
@@ -99,7 +91,7 @@ def call(job: Any) -> dict[str, Any]:
         out["args"] = list(job.args)
         out["kwargs"] = dict(job.kwargs)
     except Exception as exc:  # noqa: BLE001 - an unreadable payload is RQ's to report
-        out["extra"] = {"payload": f"unreadable: {exc_text(exc)}"[:300]}
+        out["extra"] = {"payload": f"unreadable: {exception_text(exc)}"[:300]}
     return out
 
 

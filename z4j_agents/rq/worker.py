@@ -16,8 +16,9 @@ from typing import Any
 
 import rq
 
+from z4j_agents.failure import exception_text
 from z4j_agents.rq import agent as _agent
-from z4j_agents.rq.capture import call, exc_text, links, merged, status, task_event, ts
+from z4j_agents.rq.capture import call, links, merged, status, task_event, ts
 
 log = logging.getLogger("z4j.rq")
 
@@ -69,7 +70,7 @@ class Z4JWorkerMixin:
 
     def handle_exception(self, job: Any, *exc_info: Any) -> Any:
         try:
-            self._z4j_exc = (job.id, exc_text(exc_info[1]))
+            self._z4j_exc = (job.id, exception_text(exc_info[1]))
         except Exception:  # noqa: BLE001
             pass
         return super().handle_exception(job, *exc_info)  # type: ignore[misc]

@@ -21,7 +21,6 @@ agent's own synchronous client. A refusal is a ``CommandError`` with one line.
 
 from __future__ import annotations
 
-import base64
 import inspect
 import json
 import logging
@@ -31,8 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents import replay
 from z4j_agents.runtime import CommandError
+from z4j_agents.sealed_call import open_from_command
 from z4j_agents.taskiq import brokers
 from z4j_agents.taskiq.agent import ENGINE, TaskiqAgent
 from z4j_agents.taskiq.call import open_call
@@ -83,13 +82,8 @@ class TaskiqActions:
 
     def retry(self, args: dict[str, Any]) -> dict[str, Any]:
         old_id = _str(args, "task_id")
-        blob = args.get("replay")
-        if not isinstance(blob, str) or not blob:
-            raise CommandError("the original call was not sent with the command; nothing was kicked")
-        try:
-            call = open_call(self.agent.secret, base64.b64decode(blob, validate=True), self.broker.formatter)
-        except (replay.ReplayError, ValueError) as exc:
-            raise CommandError(f"cannot open the sealed call of {old_id}: {exc}; nothing was kicked") from None
+        call = open_from_command(args, old_id, lambda blob: open_call(self.agent.secret, blob, self.broker.formatter),
+                                 outcome="nothing was kicked")
         name = call["task"]
         labels = {k: v for k, v in call["labels"].items() if k not in DROPPED_LABELS}
         labels["z4j_retry_of"] = old_id

@@ -21,14 +21,15 @@ import concurrent.futures
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from z4j_agents import protocol as p
-from z4j_agents.config import AgentConfig, ConfigError
-from z4j_agents.runtime import AgentRuntime, CommandError
+from z4j_agents.config import AgentConfig
+from z4j_agents.env_options import engine_options
+from z4j_agents.monitor import Monitor as BaseMonitor
+from z4j_agents.runtime import AgentRuntime, CommandError, installed_version
 from z4j_agents.taskiq import brokers
 
 log = logging.getLogger("z4j.taskiq")
@@ -38,32 +39,8 @@ WORKER, SCHEDULER, CLIENT = "worker", "scheduler", "client"
 LOOP_TIMEOUT_S = 10.0
 
 
-def _version(dist: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(dist)
-    except Exception:  # noqa: BLE001
-        return "0"
-
-
 def options_from_env(env: Any = None) -> dict[str, Any]:
-    env = os.environ if env is None else env
-    opts: dict[str, Any] = {}
-    for key, name in (("heartbeat_s", "Z4J_TASKIQ_HEARTBEAT_S"), ("queue_depth_s", "Z4J_TASKIQ_QUEUE_DEPTH_S")):
-        raw = env.get(name)
-        if raw:
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-            if not value >= 0 or (key == "heartbeat_s" and value == 0):
-                raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
-            opts[key] = value
-    raw = env.get("Z4J_TASKIQ_QUEUES")
-    if raw:
-        opts["queues"] = tuple(q.strip() for q in raw.split(",") if q.strip())
-    return opts
+    return engine_options(os.environ if env is None else env, "taskiq")
 
 
 class TaskiqAgent:
@@ -74,7 +51,7 @@ class TaskiqAgent:
         self.broker = broker
         self.config = config
         self.role = role
-        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=_version("z4j"), redactor=redactor)
+        self.runtime = AgentRuntime(config, engines=(ENGINE,), version=installed_version(), redactor=redactor)
         self.heartbeat_s = heartbeat_s
         self.queue_depth_s = queue_depth_s
         self.queues: list[str] = []
@@ -132,7 +109,7 @@ class TaskiqAgent:
                                         ts=time.time(), info=info))
 
     def worker_info(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"pid": self.pid, "version": _version("taskiq"), "broker": type(self.broker).__name__,
+        info: dict[str, Any] = {"pid": self.pid, "version": installed_version("taskiq"), "broker": type(self.broker).__name__,
                                 "processed": self.processed, "active": len(self.running),
                                 "queues": [q for q in (brokers.default_queue(self.broker),) if q]}
         try:
@@ -152,47 +129,29 @@ class TaskiqAgent:
         return self.runtime.stop(timeout)
 
 
-class Monitor:
-    """Heartbeats and queue depths, on one daemon thread (never the event loop)."""
+class Monitor(BaseMonitor):
+    """Heartbeats and queue depths, on one daemon thread (never the event loop); between
+    rounds it answers the cancel requests of other processes."""
+
+    engine = "taskiq"
 
     def __init__(self, agent: TaskiqAgent) -> None:
-        self.agent = agent
-        self._stop = threading.Event()
+        super().__init__(agent, log)
         self._client: Any = None
         self._pubsub: Any = None
-        self._said: set[str] = set()
-        self._thread = threading.Thread(target=self._run, name="z4j-taskiq-monitor", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=2.0)
-        self._close()
-
-    def _run(self) -> None:
+    def sampling(self) -> bool:
         agent = self.agent
         sampling = agent.queue_depth_s > 0 and brokers.kind(agent.broker) in (brokers.LIST, brokers.STREAM)
         if agent.queue_depth_s > 0 and not sampling:
             log.info("z4j taskiq: queue depths are sampled on taskiq-redis list and stream brokers only "
                      "(this one is %s)", type(agent.broker).__name__)
-        next_beat = time.monotonic() + agent.heartbeat_s
-        next_depth = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            try:
-                if sampling and now >= next_depth:
-                    next_depth = now + agent.queue_depth_s
-                    self.sample_depths()
-                if now >= next_beat:
-                    next_beat = now + agent.heartbeat_s
-                    agent.worker_event("heartbeat")
-            except Exception:  # noqa: BLE001
-                log.exception("z4j taskiq: monitor round failed")
-            wait = min(next_beat, next_depth if sampling else next_beat) - time.monotonic()
-            self._listen(max(0.05, min(wait, 1.0)))
+        return sampling
+
+    def wait(self, timeout: float) -> None:
+        self._listen(min(timeout, 1.0))
+
+    def finished(self) -> None:
         self._close_pubsub()
 
     def _listen(self, timeout: float) -> None:
@@ -210,10 +169,8 @@ class Monitor:
             message = self._pubsub.get_message(timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - Redis away: plain waiting, try again later
             self._close_pubsub()
-            key = f"pubsub:{type(exc).__name__}"
-            if key not in self._said:
-                self._said.add(key)
-                log.warning("z4j taskiq: cannot listen for cancel requests: %s: %s", type(exc).__name__, exc)
+            self.once(f"pubsub:{type(exc).__name__}", logging.WARNING,
+                      "z4j taskiq: cannot listen for cancel requests: %s: %s", type(exc).__name__, exc)
             self._stop.wait(timeout)
             return
         if message and message.get("type") == "message":
@@ -227,7 +184,7 @@ class Monitor:
             except Exception:  # noqa: BLE001
                 pass
 
-    def _close(self) -> None:
+    def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -242,11 +199,9 @@ class Monitor:
                 self._client = brokers.sync_client(agent.broker)
             depths = {q: brokers.depth(self._client, agent.broker, q) for q in list(agent.queues)}
         except Exception as exc:  # noqa: BLE001 - Redis may be down; try again next round
-            key = f"err:{type(exc).__name__}"
-            if key not in self._said:
-                self._said.add(key)
-                log.warning("z4j taskiq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
-            self._close()
+            self.once(f"err:{type(exc).__name__}", logging.WARNING,
+                      "z4j taskiq: could not sample queue depths: %s: %s", type(exc).__name__, exc)
+            self.close()
             return
         now = time.time()
         for name, value in depths.items():

@@ -34,13 +34,13 @@ import contextvars
 import logging
 import os
 import time
-import traceback
 from typing import Any
 
 from taskiq.abc.middleware import TaskiqMiddleware
 
 from z4j_agents import protocol as p
 from z4j_agents.config import AgentConfig, ConfigError
+from z4j_agents.failure import exception_text, traceback_text
 from z4j_agents.taskiq import brokers
 from z4j_agents.taskiq.agent import CLIENT, ENGINE, SCHEDULER, WORKER, TaskiqAgent, options_from_env
 from z4j_agents.taskiq.call import seal_message
@@ -62,15 +62,6 @@ def _label_types() -> tuple[int, int]:
     from taskiq.labels import LabelType
 
     return int(LabelType.FLOAT), int(LabelType.STR)
-
-
-def _exc_text(exc: BaseException) -> str:
-    try:
-        text = str(exc)
-    except Exception:  # noqa: BLE001
-        text = "<unprintable>"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
 
 
 def _int(value: Any) -> int:
@@ -288,9 +279,8 @@ class Z4JMiddleware(TaskiqMiddleware):
                 kind, state, fields["extra"] = "revoked", "cancelled", {"terminated": True}
             else:
                 kind, state = ("retried", "retry") if self.will_retry(message, exception) else ("failed", "error")
-                fields["exception"] = _exc_text(exception)
-                fields["traceback"] = "".join(traceback.format_exception(type(exception), exception,
-                                                                         exception.__traceback__))
+                fields["exception"] = exception_text(exception)
+                fields["traceback"] = traceback_text(exception)
             agent.runtime.emit(p.TaskEvent(id=p.new_id(), task_id=task_id, engine=ENGINE, kind=kind, ts=now,
                                            engine_state=state, worker=agent.worker, runtime=runtime,
                                            retries=retries, **fields))
