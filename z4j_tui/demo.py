@@ -306,7 +306,7 @@ def preflight(no_tui: bool) -> list[Engine]:
     """The engines to run; DemoError with what to install when something is missing."""
     for module, extra in (("z4j_collector", "collector"), ("litestar", "collector")):
         if importlib.util.find_spec(module) is None:
-            raise DemoError(f"the demo runs a collector, which is not installed here: pip install 'z4j[all,celery]'")
+            raise DemoError("the demo runs a collector, which is not installed here: pip install 'z4j[all,celery]'")
     if not no_tui and importlib.util.find_spec("textual") is None:
         raise DemoError("the console is not installed here: pip install 'z4j[tui]' (or run `z4j demo --no-tui`)")
     if not no_tui and not (sys.stdin.isatty() and sys.stdout.isatty()):

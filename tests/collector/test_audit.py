@@ -261,7 +261,7 @@ def test_row_inserted_at_the_tail_is_named(fresh, head):
         chain = next(c for c in report["chains"] if c["project"] == "default")
         assert "or forged and appended" in chain["problems"][0]["message"]
     code, lines, _ = verify(fresh.db_url)
-    assert code == 1 and any(line.startswith(f"FAIL default: ") and f"row seq {n} (id {forged_id})" in line
+    assert code == 1 and any(line.startswith("FAIL default: ") and f"row seq {n} (id {forged_id})" in line
                              for line in lines), lines
 
 

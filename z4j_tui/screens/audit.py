@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Header, Input, Static
 from z4j_tui.app import ScreenSpec, register_screen
 from z4j_tui.client import ClientError
 from z4j_tui.screens import when
-from z4j_tui.widgets.listing import Listing, ListingTable, plain, tone_styles
+from z4j_tui.widgets.listing import Listing, ListingTable, plain
 
 PAGE = 200
 SERVER_KEYS = ("action", "actor", "outcome")
