@@ -177,12 +177,18 @@ class PgCluster(Cluster):
 
     async def _beat(self) -> None:
         now = time.time()
-        if self.leader and not await self.link.still_leading():
-            log.warning("cluster: node %s lost the leader lock", self.node_id)
+        try:
+            if self.leader and not await self.link.still_leading():
+                log.warning("cluster: node %s lost the leader lock", self.node_id)
+                await self._step_down()
+            if not self.leader and await self.link.try_lead():
+                log.info("cluster: node %s leads", self.node_id)
+                await self._lead()
+        except Exception as exc:  # noqa: BLE001 - the lock's connection is gone: so is the lock
+            log.warning("cluster: leader lock connection failed (%s); not leading until it is back", exc)
             await self._step_down()
-        if not self.leader and await self.link.try_lead():
-            log.info("cluster: node %s leads", self.node_id)
-            await self._lead()
+            await self.link.reopen_lead()
+            raise
         await sql.node_heartbeat(self.store, self.node_id, socket.gethostname(), os.getpid(), self.started_at,
                                  now, self.leader)
         if self.leader:

@@ -100,6 +100,18 @@ class ClusterLink:
                 await conn.close()
         self._listen = self._lead = None
 
+    async def reopen_lead(self) -> None:
+        """A new lock connection after the old one failed (the lock went with it)."""
+        import psycopg
+
+        if self._lead is not None:
+            try:
+                await self._lead.close()
+            except Exception:  # noqa: BLE001 - it is broken already
+                pass
+        self._lead = None
+        self._lead = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+
     async def try_lead(self) -> bool:
         """Take the leader lock if nobody holds it (held until this connection ends)."""
         cur = await self._lead.execute("SELECT pg_try_advisory_lock(%s)", [LEADER_LOCK])
