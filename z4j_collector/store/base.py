@@ -134,8 +134,16 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
     async def upsert_tasks(self, tx: Tx, rows: list[list[Any]]) -> None:
         await tx.executemany(UPSERT_TASK_SQL, rows)
 
-    def search_clause(self, columns: Sequence[str]) -> str:
-        return "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")"
+    async def search_condition(self, text: str) -> tuple[str, list[Any]]:
+        """A WHERE condition for free text: ``text`` anywhere in one of
+        SEARCH_COLUMNS, case-insensitively. This one scans; each database
+        overrides it with its text index."""
+        return self.like_condition(text)
+
+    @staticmethod
+    def like_condition(text: str) -> tuple[str, list[Any]]:
+        condition = "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in SEARCH_COLUMNS) + ")"
+        return condition, [like_pattern(text)] * len(SEARCH_COLUMNS)
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """One statement in its own write transaction; the number of rows changed."""
@@ -334,10 +342,9 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             where.append("created_at < ?")
             params.append(query.until)
         if query.search:
-            columns = ("task_id", "name", "args", "kwargs", "result", "exception")
-            where.append(self.search_clause(columns))
-            needle = "%" + query.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            params.extend([needle] * len(columns))
+            condition, values = await self.search_condition(query.search)
+            where.append(condition)
+            params.extend(values)
         if after is not None:
             where.append("(created_at, engine, task_id) < (?, ?, ?)")
             params.extend(after)
@@ -485,6 +492,15 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         d["args"] = msgspec.json.decode(d["args"])
         d["result"] = msgspec.json.decode(d["result"]) if d["result"] is not None else None
         return d
+
+
+SEARCH_COLUMNS = ("task_id", "name", "args", "kwargs", "result", "exception")
+"""What the task list's free text searches (migration 0011 indexes them)."""
+
+
+def like_pattern(text: str) -> str:
+    """``text`` anywhere, with LIKE's wildcards in it taken literally (escape: backslash)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _one_row_per_key(rows: list[list[Any]]) -> list[list[Any]]:

@@ -11,7 +11,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from z4j_collector import taskmerge
 from z4j_collector.errors import StoreError
-from z4j_collector.store.base import INSERT_EVENT_COLUMNS, UPSERT_TASK_SQL, SqlStore
+from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SEARCH_COLUMNS, UPSERT_TASK_SQL, SqlStore, like_pattern
 from z4j_collector.store.partitions import PartitionsSql
 
 T = TypeVar("T")
@@ -39,6 +39,9 @@ _INSERT_EVENTS = (
 _NEW_EVENTS = (
     "SELECT s.id FROM stage_events s JOIN task_events t ON t.id = s.id WHERE t.ingested_at = s.ingested_at"
 )
+# The free-text expression: the very one migration 0011's trigram index is
+# built on (ix_tasks_text), or PostgreSQL cannot use the index.
+SEARCH_TEXT = " || ' ' || ".join(f"coalesce({c}, '')" for c in SEARCH_COLUMNS)
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
 _UPSERT_TASKS = (
@@ -106,8 +109,10 @@ class PostgresStore(PartitionsSql, SqlStore):
             async with conn.transaction():
                 return await fn(_Tx(conn))
 
-    def search_clause(self, columns: Sequence[str]) -> str:
-        return "(" + " OR ".join(f"{c} ILIKE ?" for c in columns) + ")"
+    async def search_condition(self, text: str) -> tuple[str, list[Any]]:
+        # The planner picks the trigram index for a rare text and the
+        # newest-first walk for a common one (its page fills at once).
+        return f"({SEARCH_TEXT}) ILIKE ?", [like_pattern(text)]
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         await tx.copy_in(_COPY_EVENTS, rows)

@@ -13,6 +13,9 @@ from z4j_collector.errors import StoreError
 from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
 
 T = TypeVar("T")
+SEARCH_LIST_MAX = 2000
+"""A free-text search matching at most this many tasks reads them from the
+trigram index; one matching more walks the task list newest first."""
 _INSERT_EVENT_SQL = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in INSERT_EVENT_COLUMNS)})"
@@ -83,6 +86,20 @@ class SqliteStore(SqlStore):
                 raise
             await self._writer.execute("COMMIT")
             return result
+
+    async def search_condition(self, text: str) -> tuple[str, list[Any]]:
+        # The trigram index finds a text of three characters or more. A rare
+        # one (the usual search: an id, an e-mail, an error) is a short list
+        # of rows; a common one would be most of the table, and the
+        # newest-first walk fills the page sooner than the list is read.
+        if len(text) >= 3:
+            phrase = '"' + text.replace('"', '""') + '"'
+            rows = await self.fetchall(
+                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, SEARCH_LIST_MAX + 1)
+            )
+            if len(rows) <= SEARCH_LIST_MAX:
+                return "rowid IN (SELECT value FROM json_each(?))", [msgspec.json.encode([r[0] for r in rows]).decode()]
+        return self.like_condition(text)
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         # One writer holds the database (BEGIN IMMEDIATE), so "look, then

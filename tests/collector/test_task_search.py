@@ -1,0 +1,118 @@
+"""Free-text search of the task list through its text index (migration 0011:
+a pg_trgm GIN index on PostgreSQL, an FTS5 trigram table kept in step by
+triggers on SQLite): found in every searched column, kept in step as a task's
+text changes and when retention deletes it, the same answer whether the text is
+rare (read from the index) or common (the newest-first walk), and short
+texts the trigram index cannot take still answered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from z4j_agents import protocol as p
+from z4j_collector.services.trends import Trends
+from z4j_collector.store import make_store, migrate
+from z4j_collector.store.base import IngestItem, TaskQuery
+from z4j_collector.store.postgres import SEARCH_TEXT
+from z4j_collector.store.sqlite import SEARCH_LIST_MAX
+
+DAY = 86_400.0
+
+
+def ev(i: int, task_id: str, kind: str, ts: float, **fields) -> p.TaskEvent:
+    return p.TaskEvent(id=f"{int(ts * 1000):012x}{i:020x}", task_id=task_id, engine="bare", kind=kind, ts=ts,
+                       name=fields.pop("name", "app.work"), queue="q", **fields)
+
+
+async def ids(store, pid: int, text: str, limit: int = 100, **filters) -> list[str]:
+    rows = await store.list_tasks(pid, TaskQuery(search=text, **filters), limit)
+    return [r["task_id"] for r in rows]
+
+
+def test_search_follows_the_task_through_its_life(db_url):
+    migrate.upgrade(db_url)
+    now = time.time()
+
+    async def run(store):
+        pid = await store.project_id("default")
+        common = [ev(i, f"bulk-{i}", "received", now - 3600 + i * 0.01, args=["common-word", i])
+                  for i in range(SEARCH_LIST_MAX + 100)]
+        for start in range(0, len(common), 1000):
+            await store.ingest([IngestItem(pid, None, common[start:start + 1000])])
+        await store.ingest([IngestItem(pid, None, [
+            ev(10_001, "pay-1", "received", now - 60, name="billing.charge", args=["inv-ZX81"],
+               kwargs={"email": "alice@example.com"}),
+            ev(10_002, "old-1", "received", now - 40 * DAY, args=["ancient-text"]),
+        ])])
+        assert await ids(store, pid, "zx81") == ["pay-1"]  # args, any case
+        assert await ids(store, pid, "ALICE@EXAMPLE") == ["pay-1"]  # kwargs
+        assert await ids(store, pid, "billing.ch") == ["pay-1"]  # name
+        assert await ids(store, pid, "pay-") == ["pay-1"]  # task id
+        assert await ids(store, pid, "result-77") == []
+        # a state change alone leaves the text as it was; the result and the
+        # exception that arrive later are found
+        await store.ingest([IngestItem(pid, None, [ev(10_003, "pay-1", "started", now - 59)])])
+        assert await ids(store, pid, "zx81") == ["pay-1"]
+        await store.ingest([IngestItem(pid, None, [
+            ev(10_004, "pay-1", "failed", now - 58, exception="CardDeclined('first-refusal')")])])
+        assert await ids(store, pid, "first-refusal") == ["pay-1"]
+        # a later failure replaces the exception: the old text is no longer found
+        await store.ingest([IngestItem(pid, None, [
+            ev(10_005, "pay-1", "retried", now - 57), ev(10_006, "pay-1", "started", now - 56),
+            ev(10_007, "pay-1", "failed", now - 55, exception="CardDeclined('second-refusal')")])])
+        assert await ids(store, pid, "second-refusal") == ["pay-1"]
+        assert await ids(store, pid, "first-refusal") == []
+        await store.ingest([IngestItem(pid, None, [
+            ev(10_008, "pay-1", "retried", now - 54), ev(10_009, "pay-1", "started", now - 53),
+            ev(10_010, "pay-1", "succeeded", now - 52, result={"receipt": "result-77"})])])
+        assert (await store.get_task(pid, "pay-1", "bare"))["state"] == "success"
+        assert await ids(store, pid, "result-77") == ["pay-1"]
+        # a common text (more matches than the index list takes) and a short
+        # one (under three characters) give the same newest-first answer as
+        # the rare path: the walk
+        page = await ids(store, pid, "common-word", limit=50)
+        assert page == [f"bulk-{i}" for i in range(SEARCH_LIST_MAX + 99, SEARCH_LIST_MAX + 49, -1)]
+        assert len(await ids(store, pid, "common-word", limit=5000)) == SEARCH_LIST_MAX + 100
+        assert (await ids(store, pid, "X8"))[:1] == ["pay-1"]
+        assert await ids(store, pid, "ZX8", states=("failure",)) == []
+        assert await ids(store, pid, "ZX8", states=("success",)) == ["pay-1"]
+        # retention deletes the forty-day-old task, and its text with it
+        assert await ids(store, pid, "ancient-text") == ["old-1"]
+
+        async def keep(tx):
+            await store.set_retention(tx, pid, {"events_days": 30, "tasks_days": 30, "rollups_days": 30})
+
+        await store.write(keep)
+        deleted = await Trends(store).retention_pass(now=now)
+        assert deleted["tasks"] == 1
+        assert await ids(store, pid, "ancient-text") == []
+        if store.dialect == "sqlite":
+            # FTS5 compares its index with the rows of tasks: raises if they differ
+            await store.execute("INSERT INTO tasks_text (tasks_text) VALUES ('integrity-check')")
+        else:
+            # the store's expression is the one the index was built on: with
+            # sequential scans off, only that index can answer it
+            async def explain(tx):
+                await tx.execute("SET LOCAL enable_seqscan = off")
+                return await tx.fetchall(f"EXPLAIN SELECT task_id FROM tasks WHERE ({SEARCH_TEXT}) ILIKE ?",
+                                         ("%zx81%",))
+
+            plan = await store.write(explain)
+            assert "ix_tasks_text" in "\n".join(r[0] for r in plan), plan
+
+    asyncio.run(_with(db_url, run))
+
+
+async def _with(db_url: str, fn):
+    store = make_store(db_url)
+    await store.open()
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+pytestmark = pytest.mark.timeout(120)
