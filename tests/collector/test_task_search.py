@@ -2,8 +2,8 @@
 a pg_trgm GIN index on PostgreSQL, an FTS5 trigram table kept in step by
 triggers on SQLite): found in every searched column, kept in step as a task's
 text changes and when retention deletes it, the same answer whether the text is
-rare (read from the index) or common (the newest-first walk), and short
-texts the trigram index cannot take still answered."""
+rare (read from the index) or common (the newest-first walk), short texts
+the trigram index cannot take still answered; name prefixes likewise."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from z4j_collector.services.trends import Trends
 from z4j_collector.store import make_store, migrate
 from z4j_collector.store.base import IngestItem, TaskQuery
 from z4j_collector.store.postgres import SEARCH_TEXT
-from z4j_collector.store.sqlite import SEARCH_LIST_MAX
+from z4j_collector.store.sqlite import INDEX_LIST_MAX
 
 DAY = 86_400.0
 
 
 def ev(i: int, task_id: str, kind: str, ts: float, **fields) -> p.TaskEvent:
     return p.TaskEvent(id=f"{int(ts * 1000):012x}{i:020x}", task_id=task_id, engine="bare", kind=kind, ts=ts,
-                       name=fields.pop("name", "app.work"), queue="q", **fields)
+                       name=fields.pop("name", "app.work" if kind == "received" else None), queue="q", **fields)
 
 
 async def ids(store, pid: int, text: str, limit: int = 100, **filters) -> list[str]:
@@ -39,7 +39,7 @@ def test_search_follows_the_task_through_its_life(db_url):
     async def run(store):
         pid = await store.project_id("default")
         common = [ev(i, f"bulk-{i}", "received", now - 3600 + i * 0.01, args=["common-word", i])
-                  for i in range(SEARCH_LIST_MAX + 100)]
+                  for i in range(INDEX_LIST_MAX + 100)]
         for start in range(0, len(common), 1000):
             await store.ingest([IngestItem(pid, None, common[start:start + 1000])])
         await store.ingest([IngestItem(pid, None, [
@@ -74,9 +74,13 @@ def test_search_follows_the_task_through_its_life(db_url):
         # one (under three characters) give the same newest-first answer as
         # the rare path: the walk
         page = await ids(store, pid, "common-word", limit=50)
-        assert page == [f"bulk-{i}" for i in range(SEARCH_LIST_MAX + 99, SEARCH_LIST_MAX + 49, -1)]
-        assert len(await ids(store, pid, "common-word", limit=5000)) == SEARCH_LIST_MAX + 100
+        assert page == [f"bulk-{i}" for i in range(INDEX_LIST_MAX + 99, INDEX_LIST_MAX + 49, -1)]
+        assert len(await ids(store, pid, "common-word", limit=5000)) == INDEX_LIST_MAX + 100
         assert (await ids(store, pid, "X8"))[:1] == ["pay-1"]
+        # a name prefix of many tasks (the walk) and of few (the name index)
+        by_prefix = await store.list_tasks(pid, TaskQuery(name="app.w*"), 50)
+        assert [r["task_id"] for r in by_prefix] == page
+        assert [r["task_id"] for r in await store.list_tasks(pid, TaskQuery(name="billing.*"), 50)] == ["pay-1"]
         assert await ids(store, pid, "ZX8", states=("failure",)) == []
         assert await ids(store, pid, "ZX8", states=("success",)) == ["pay-1"]
         # retention deletes the forty-day-old task, and its text with it

@@ -140,6 +140,12 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         overrides it with its text index."""
         return self.like_condition(text)
 
+    async def prefix_condition(self, project_id: int, prefix: str) -> str:
+        """A WHERE condition for names starting with ``prefix`` (two
+        parameters: the range's ends). PostgreSQL's statistics choose between
+        the name index and the newest-first walk; SQLite overrides this."""
+        return "name >= ? AND name < ?"
+
     @staticmethod
     def like_condition(text: str) -> tuple[str, list[Any]]:
         condition = "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in SEARCH_COLUMNS) + ")"
@@ -324,7 +330,7 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             params.extend(query.not_states)
         if query.name:
             if query.name.endswith("*"):
-                where.append("name >= ? AND name < ?")
+                where.append(await self.prefix_condition(project_id, query.name[:-1]))
                 prefix = query.name[:-1]
                 params.extend([prefix, prefix + "\U0010ffff"])
             else:
@@ -346,8 +352,10 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             where.append(condition)
             params.extend(values)
         if after is not None:
-            where.append("(created_at, engine, task_id) < (?, ?, ?)")
-            params.extend(after)
+            # created_at <= … repeats the first term on its own, so the
+            # (project_id, filter, created_at) indexes seek to the page too
+            where.append("created_at <= ? AND (created_at, engine, task_id) < (?, ?, ?)")
+            params.extend([after[0], *after])
         sql = (
             f"SELECT {', '.join(TASK_SUMMARY_COLUMNS)} FROM tasks WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, engine DESC, task_id DESC LIMIT ?"

@@ -13,9 +13,10 @@ from z4j_collector.errors import StoreError
 from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
 
 T = TypeVar("T")
-SEARCH_LIST_MAX = 2000
-"""A free-text search matching at most this many tasks reads them from the
-trigram index; one matching more walks the task list newest first."""
+INDEX_LIST_MAX = 2000
+"""A free-text search or a name prefix matching at most this many tasks reads
+them through its index and sorts them; one matching more walks the task list
+newest first, where the page fills sooner than the index is read."""
 _INSERT_EVENT_SQL = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in INSERT_EVENT_COLUMNS)})"
@@ -95,11 +96,22 @@ class SqliteStore(SqlStore):
         if len(text) >= 3:
             phrase = '"' + text.replace('"', '""') + '"'
             rows = await self.fetchall(
-                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, SEARCH_LIST_MAX + 1)
+                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, INDEX_LIST_MAX + 1)
             )
-            if len(rows) <= SEARCH_LIST_MAX:
+            if len(rows) <= INDEX_LIST_MAX:
                 return "rowid IN (SELECT value FROM json_each(?))", [msgspec.json.encode([r[0] for r in rows]).decode()]
         return self.like_condition(text)
+
+    async def prefix_condition(self, project_id: int, prefix: str) -> str:
+        # SQLite's statistics cannot tell a prefix of a few names from one of
+        # half the table. Few rows: read them from the name index and sort
+        # them; many: walk the list newest first (``+name`` keeps the name
+        # index out), where the page fills at once.
+        rows = await self.fetchall(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE project_id = ? AND name >= ? AND name < ? LIMIT ?)",
+            (project_id, prefix, prefix + "\U0010ffff", INDEX_LIST_MAX + 1),
+        )
+        return "name >= ? AND name < ?" if rows[0][0] <= INDEX_LIST_MAX else "+name >= ? AND +name < ?"
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         # One writer holds the database (BEGIN IMMEDIATE), so "look, then
