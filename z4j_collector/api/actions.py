@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, Response, post
 
-from z4j_collector.api.params import check_wait, parse_states, parse_time
+from z4j_collector.api.params import check_wait, parse_search, parse_states, parse_time
 from z4j_collector.api.schemas import Command
 from z4j_collector.guards import access_of
 from z4j_collector.services.actions import BULK_DEFAULT
@@ -124,7 +124,7 @@ class ActionController(Controller):
         query = TaskQuery(
             states=parse_states(data.state, "state"), name=data.name, queue=data.queue, worker=data.worker,
             engine=data.engine, since=parse_time(data.since, "since"), until=parse_time(data.until, "until"),
-            search=data.search,
+            search=parse_search(data.search),
         )
         result = await request.app.state.actions.bulk_retry(
             access.project_id, query, data.limit, actor=access.actor, resume=data.resume, dry_run=data.dry_run,

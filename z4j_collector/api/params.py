@@ -59,6 +59,21 @@ def parse_states(value: str | None, name: str) -> tuple[str, ...]:
     return states
 
 
+SEARCH_MIN = 3
+
+
+def parse_search(value: str | None) -> str | None:
+    """Free text of three characters or more: the text index is made of
+    trigrams, and a shorter text would read every task of the project."""
+    if value is None or value == "":
+        return None
+    if len(value.strip()) < SEARCH_MIN:
+        raise CollectorError(
+            f"search needs at least {SEARCH_MIN} characters, got {value!r}: for a shorter value, filter by "
+            "name, queue or worker", code="bad_search")
+    return value
+
+
 def encode_cursor(row: dict) -> str:
     raw = msgspec.json.encode([row["created_at"], row["engine"], row["task_id"]])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

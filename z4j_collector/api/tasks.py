@@ -10,7 +10,7 @@ import msgspec
 from litestar import Controller, Request, Response, get
 from litestar.params import Parameter
 
-from z4j_collector.api.params import decode_cursor, encode_cursor, parse_states, parse_time
+from z4j_collector.api.params import decode_cursor, encode_cursor, parse_search, parse_states, parse_time
 from z4j_collector.api.schemas import TaskDetail, TaskPage, TaskSummary
 from z4j_collector.errors import CollectorError, NotFound
 from z4j_collector.guards import access_of
@@ -51,7 +51,7 @@ class TaskController(Controller):
             not_states=parse_states(not_state, "not_state"),
             name=name, queue=queue, worker=worker, engine=engine,
             since=parse_time(since, "since"), until=parse_time(until, "until"),
-            search=search, parent_id=parent_id, root_id=root_id,
+            search=parse_search(search), parent_id=parent_id, root_id=root_id,
         )
         principal = access_of(request)
         store = request.app.state.store
