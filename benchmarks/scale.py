@@ -259,7 +259,9 @@ def cases(now: float, start: float, n: int) -> list[tuple[str, list[dict[str, st
         ("text: a customer (~100)", [{"search": f"cust-{x.randrange(10000, 100003)}\""} for _ in range(8)]),
         ("text: a rare exception", [{"search": "insufficient funds"}]),
         ("text: common (every task)", [{"search": "example.com"}]),
-        ("state + queue + text", [{"state": "failure", "queue": "billing", "search": "payments-7"}]),
+        ("text: mid (2 % of failures)", [{"search": "payments-7'"}]),
+        ("state + queue + rare text", [{"state": "failure", "queue": "billing", "search": "insufficient funds"}]),
+        ("state + queue + mid text", [{"state": "failure", "queue": "billing", "search": "payments-7'"}]),
         ("engine + state", [{"engine": "rq", "state": "failure"}]),
     ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -42,6 +44,15 @@ _NEW_EVENTS = (
 # The free-text expression: the very one migration 0011's trigram index is
 # built on (ix_tasks_text), or PostgreSQL cannot use the index.
 SEARCH_TEXT = " || ' ' || ".join(f"coalesce({c}, '')" for c in SEARCH_COLUMNS)
+_WORDS = re.compile(r"[^\W_]+")
+"""What pg_trgm makes trigrams of: runs of letters and digits."""
+SEARCH_WORDS_MAX = 4
+"""Words of a free text whose frequency is estimated (the longest ones)."""
+
+SEARCH_COMMON = 0.01
+"""A word in more than this share of the tasks is not looked up in the index."""
+
+
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
 _UPSERT_TASKS = (
@@ -110,9 +121,34 @@ class PostgresStore(PartitionsSql, SqlStore):
                 return await fn(_Tx(conn))
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
-        # The planner picks the trigram index for a rare text and the
-        # newest-first walk for a common one (its page fills at once).
-        return f"({SEARCH_TEXT}) ILIKE ?", [like_pattern(text)]
+        # The trigram index reads a posting list per trigram of the text's
+        # words, and a word found in every task ("order" of "order-123456")
+        # has a list as long as the table. So the index is asked for the
+        # rarest word only (the planner's own estimates say which), and the
+        # whole text is checked on the rows it gives with strpos, which the
+        # index cannot take. When even the rarest word is common, the index
+        # is not offered at all: walking the list newest first (or another
+        # filter's index) fills the page sooner. The planner guesses a third
+        # of the rows for the strpos check, so it walks then, as it should.
+        whole = f"strpos(lower({SEARCH_TEXT}), lower(?)) > 0"
+        words = sorted(set(_WORDS.findall(text.lower())), key=len, reverse=True)[:SEARCH_WORDS_MAX]
+        if not words:
+            return whole, [text]
+        estimates = []
+        for word in words:
+            rows = await self._estimate(f"({SEARCH_TEXT}) ILIKE ?", (like_pattern(word),))
+            estimates.append((rows, -len(word), word))
+        rows, _, rarest = min(estimates)
+        if rows > SEARCH_COMMON * await self._estimate("TRUE", ()):
+            return whole, [text]
+        return f"({SEARCH_TEXT}) ILIKE ? AND {whole}", [like_pattern(rarest), text]
+
+    async def _estimate(self, condition: str, params: Sequence[Any]) -> float:
+        """The planner's estimate of the tasks matching ``condition``."""
+        plan = await self.fetchall(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM tasks WHERE {condition}", params)
+        doc = plan[0][0]
+        doc = json.loads(doc) if isinstance(doc, str) else doc
+        return float(doc[0]["Plan"]["Plan Rows"])
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         await tx.copy_in(_COPY_EVENTS, rows)
