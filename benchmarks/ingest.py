@@ -159,27 +159,31 @@ def _postmaster(pg) -> int | None:
         return None
 
 
-def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate: float = 0.0, pg=None) -> dict:
-    collector = Collector(db_url, workdir).start()
+def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate: float = 0.0, pg=None,
+             collectors: int = 1) -> dict:
+    """One run; with ``collectors`` > 1 (PostgreSQL), that many collector
+    processes share the database and sender i connects to collector i % n."""
+    nodes = [Collector(db_url, workdir).start() for _ in range(collectors)]
     try:
         ctx = mp.get_context("fork")
         start, done = ctx.Event(), ctx.Queue()
         procs = []
         for i in range(senders):
-            creds = collector.create_agent(f"bench-{i}")
-            env = collector.agent_env(creds)
+            node = nodes[i % collectors]
+            creds = node.create_agent(f"bench-{i}")
+            env = node.agent_env(creds)
             procs.append(ctx.Process(target=sender, args=(env, items[i::senders], start, done, 20_000, rate / senders)))
         for proc in procs:
             proc.start()
         time.sleep(2.0)  # let every sender connect before the clock starts
         postmaster = _postmaster(pg)
         db_cpu0 = _children_cpu(postmaster) if postmaster else {}
-        collector_cpu0 = _cpu_seconds(collector.proc.pid)
+        collector_cpu0 = sum(_cpu_seconds(node.proc.pid) for node in nodes)
         start.set()
         results = [done.get(timeout=900) for _ in procs]
         # CPU per event of each process over the timed window: on this shared
         # machine a steadier yardstick for one stage than the wall-clock rate.
-        collector_cpu = _cpu_seconds(collector.proc.pid) - collector_cpu0
+        collector_cpu = sum(_cpu_seconds(node.proc.pid) for node in nodes) - collector_cpu0
         db_cpu = sum(t - db_cpu0.get(pid, 0.0) for pid, t in _children_cpu(postmaster).items()) if postmaster else 0.0
         for proc in procs:
             proc.join(30)
@@ -191,7 +195,8 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
         if len(lags) != task_events:
             raise RuntimeError(f"stored {len(lags)} task events, sent {task_events}")
     finally:
-        collector.stop()
+        for node in nodes:
+            node.stop()
     lags.sort()
     per_event = 1e6 / len(items)
     cpu = {"sender": sum(r[4] for r in results) * per_event, "collector": collector_cpu * per_event}
@@ -216,7 +221,7 @@ async def _lags(db_url: str) -> list[float]:
         await store.close()
 
 
-def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float = 0.0) -> dict:
+def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float = 0.0, collectors: int = 1) -> dict:
     results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="z4j-bench-") as tmp:
@@ -225,7 +230,8 @@ def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float 
                 results.append(run_once(f"sqlite:///{workdir}/z4j.db", items, senders, workdir, rate))
             else:
                 with PostgresServer(durable=True, settings=PG_SETTINGS) as pg:
-                    results.append(run_once(pg.create_database("bench"), items, senders, workdir, rate, pg))
+                    results.append(run_once(pg.create_database("bench"), items, senders, workdir, rate, pg,
+                                            collectors))
         cpu = ", ".join(f"{k} {v}" for k, v in results[-1]["cpu_us_per_event"].items())
         print(f"  {kind}: {results[-1]['events_per_s']:,.0f} events/s (CPU µs/event: {cpu})", file=sys.stderr)
     return {
@@ -245,18 +251,26 @@ def main() -> None:
     parser.add_argument("--lag-rate", type=float, default=5000.0,
                         help="events/s offered in the extra run that measures commit lag below saturation (0: skip)")
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
+    parser.add_argument("--collectors", type=int, default=1,
+                        help="collector processes on one PostgreSQL database (senders spread over them)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.collectors > 1 and args.db != "postgres":
+        parser.error("--collectors above 1 needs --db postgres: several collectors share one PostgreSQL")
+    if args.collectors > args.senders:
+        parser.error(f"--collectors {args.collectors} needs at least as many --senders")
 
     stream = workload.generate(args.events)
     items = to_z4j(stream)
     out: dict = {}
     for kind in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
-        print(f"z4j on {kind}: {args.events:,} events, {args.senders} sender(s), {args.runs} runs", file=sys.stderr)
-        out[kind] = measure(kind, items, args.runs, args.senders)
+        print(f"z4j on {kind}: {args.events:,} events, {args.senders} sender(s), {args.collectors} collector(s), "
+              f"{args.runs} runs", file=sys.stderr)
+        out[kind] = measure(kind, items, args.runs, args.senders, collectors=args.collectors)
         if args.lag_rate:
             print(f"z4j on {kind}: commit lag at {args.lag_rate:,.0f} events/s offered", file=sys.stderr)
-            steady = measure(kind, items[: int(args.lag_rate * 10)], 1, args.senders, args.lag_rate)
+            steady = measure(kind, items[: int(args.lag_rate * 10)], 1, args.senders, args.lag_rate,
+                             args.collectors)
             out[kind]["steady"] = {"offered_per_s": args.lag_rate, "lag_p50_ms": steady["lag_p50_ms"],
                                    "lag_p99_ms": steady["lag_p99_ms"]}
     print("peers on the identical stream", file=sys.stderr)

@@ -31,7 +31,6 @@ import argparse
 import base64
 import json
 import random
-import statistics
 import sys
 import tempfile
 import time
