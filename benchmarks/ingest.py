@@ -160,10 +160,14 @@ def _postmaster(pg) -> int | None:
 
 
 def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate: float = 0.0, pg=None,
-             collectors: int = 1) -> dict:
+             collectors: int = 1, text_index: bool = False) -> dict:
     """One run; with ``collectors`` > 1 (PostgreSQL), that many collector
     processes share the database and sender i connects to collector i % n."""
-    nodes = [Collector(db_url, workdir).start() for _ in range(collectors)]
+    nodes = [Collector(db_url, workdir) for _ in range(collectors)]
+    if text_index:
+        asyncio.run(_text_index_on(db_url))
+    for node in nodes:
+        node.start()
     try:
         ctx = mp.get_context("fork")
         start, done = ctx.Event(), ctx.Queue()
@@ -210,6 +214,17 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
     }
 
 
+async def _text_index_on(db_url: str) -> None:
+    from z4j_collector.store import make_store
+
+    store = make_store(db_url)
+    await store.open()
+    try:
+        await store.set_text_index(True)
+    finally:
+        await store.close()
+
+
 async def _lags(db_url: str) -> list[float]:
     from z4j_collector.store import make_store
 
@@ -221,17 +236,19 @@ async def _lags(db_url: str) -> list[float]:
         await store.close()
 
 
-def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float = 0.0, collectors: int = 1) -> dict:
+def measure(kind: str, items: list[tuple], runs: int, senders: int, rate: float = 0.0, collectors: int = 1,
+            text_index: bool = False) -> dict:
     results = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="z4j-bench-") as tmp:
             workdir = Path(tmp)
             if kind == "sqlite":
-                results.append(run_once(f"sqlite:///{workdir}/z4j.db", items, senders, workdir, rate))
+                results.append(run_once(f"sqlite:///{workdir}/z4j.db", items, senders, workdir, rate,
+                                        text_index=text_index))
             else:
                 with PostgresServer(durable=True, settings=PG_SETTINGS) as pg:
                     results.append(run_once(pg.create_database("bench"), items, senders, workdir, rate, pg,
-                                            collectors))
+                                            collectors, text_index))
         cpu = ", ".join(f"{k} {v}" for k, v in results[-1]["cpu_us_per_event"].items())
         print(f"  {kind}: {results[-1]['events_per_s']:,.0f} events/s (CPU µs/event: {cpu})", file=sys.stderr)
     return {
@@ -253,6 +270,8 @@ def main() -> None:
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")
     parser.add_argument("--collectors", type=int, default=1,
                         help="collector processes on one PostgreSQL database (senders spread over them)")
+    parser.add_argument("--text-index", action="store_true",
+                        help="with the free-text index switched on (z4j db text-index on)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.collectors > 1 and args.db != "postgres":
@@ -266,11 +285,12 @@ def main() -> None:
     for kind in (["sqlite", "postgres"] if args.db == "both" else [args.db]):
         print(f"z4j on {kind}: {args.events:,} events, {args.senders} sender(s), {args.collectors} collector(s), "
               f"{args.runs} runs", file=sys.stderr)
-        out[kind] = measure(kind, items, args.runs, args.senders, collectors=args.collectors)
+        out[kind] = measure(kind, items, args.runs, args.senders, collectors=args.collectors,
+                            text_index=args.text_index)
         if args.lag_rate:
             print(f"z4j on {kind}: commit lag at {args.lag_rate:,.0f} events/s offered", file=sys.stderr)
             steady = measure(kind, items[: int(args.lag_rate * 10)], 1, args.senders, args.lag_rate,
-                             args.collectors)
+                             args.collectors, args.text_index)
             out[kind]["steady"] = {"offered_per_s": args.lag_rate, "lag_p50_ms": steady["lag_p50_ms"],
                                    "lag_p99_ms": steady["lag_p99_ms"]}
     print("peers on the identical stream", file=sys.stderr)

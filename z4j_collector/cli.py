@@ -71,6 +71,26 @@ def db_upgrade(db: DbOption = None) -> None:
     typer.echo(f"database {_safe_url(settings.db_url)} at revision {migrate.head()} (was {before or 'empty'})", err=True)
 
 
+def db_text_index(
+    switch: Annotated[str, typer.Argument(help="on, off or status")] = "status",
+    db: DbOption = None,
+) -> None:
+    """Free-text index of the task list: on, off, or its status. It makes a rare
+    text fast over millions of tasks and costs ingest CPU (docs/production.md)."""
+    if switch not in ("on", "off", "status"):
+        fail(f"text-index takes on, off or status, got {switch!r}")
+    settings = Settings.load(db)
+
+    async def run(store: Any) -> tuple[str, bool]:
+        changed = False if switch == "status" else await store.set_text_index(switch == "on")
+        return await store.text_index_state(), changed
+
+    state, changed = asyncio.run(_with_store(settings, run))
+    what = "FTS5 table tasks_text" if settings.dialect == "sqlite" else "pg_trgm GIN index ix_tasks_text"
+    note = "" if changed or switch == "status" else " (it already was)"
+    typer.echo(f"text index {state}: {what}{note}")
+
+
 def check(db: DbOption = None, as_json: JsonOption = False) -> None:
     """Check configuration, database connectivity and the migration head."""
     from z4j_collector.store import migrate
@@ -394,8 +414,9 @@ def register(app: typer.Typer) -> dict[str, typer.Typer]:
     app.command()(serve)
     app.command()(check)
     app.command()(status)
-    db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+    db_app = typer.Typer(help="Database migrations and indexes.", no_args_is_help=True)
     db_app.command("upgrade")(db_upgrade)
+    db_app.command("text-index")(db_text_index)
     app.add_typer(db_app, name="db")
     admin_app = typer.Typer(help="Server-side administration (runs on the collector's host).", no_args_is_help=True)
     admin_app.command("create-agent")(create_agent)

@@ -1,13 +1,16 @@
-"""Free-text search of the task list through its text index (migration 0011:
-a pg_trgm GIN index on PostgreSQL, an FTS5 trigram table kept in step by
-triggers on SQLite): found in every searched column, kept in step as a task's
-text changes and when retention deletes it, the same answer whether the text is
-rare (read from the index) or common (the newest-first walk), short texts
-the trigram index cannot take still answered; name prefixes likewise."""
+"""Free-text search of the task list, without and with its optional text
+index (``z4j db text-index``: a pg_trgm GIN index on PostgreSQL, an FTS5
+trigram table kept in step by triggers on SQLite): found in every searched
+column, kept in step as a task's text changes and when retention deletes it,
+the same answer whether the text is rare (read from the index) or common (the
+newest-first walk), whether the index was there from the start or built over
+stored tasks, and short texts the trigram index cannot take still answered;
+name prefixes likewise. The CLI switches the index with a one-line answer."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 
 import pytest
@@ -16,7 +19,8 @@ from z4j_agents import protocol as p
 from z4j_collector.services.trends import Trends
 from z4j_collector.store import make_store, migrate
 from z4j_collector.store.base import IngestItem, TaskQuery
-from z4j_collector.store.postgres import SEARCH_TEXT
+from tests.support.collector import Z4J
+from z4j_collector.store.textindex import SEARCH_TEXT
 from z4j_collector.store.sqlite import INDEX_LIST_MAX
 
 DAY = 86_400.0
@@ -32,12 +36,17 @@ async def ids(store, pid: int, text: str, limit: int = 100, **filters) -> list[s
     return [r["task_id"] for r in rows]
 
 
-def test_search_follows_the_task_through_its_life(db_url):
+@pytest.mark.parametrize("text_index", [False, True], ids=["walk", "text-index"])
+def test_search_follows_the_task_through_its_life(db_url, text_index):
     migrate.upgrade(db_url)
     now = time.time()
 
     async def run(store):
         pid = await store.project_id("default")
+        assert await store.has_text_index() is False  # off after the migrations
+        if text_index:
+            assert await store.set_text_index(True) is True
+            assert await store.has_text_index() is True
         common = [ev(i, f"bulk-{i}", "received", now - 3600 + i * 0.01, args=["common-word", i])
                   for i in range(INDEX_LIST_MAX + 100)]
         for start in range(0, len(common), 1000):
@@ -93,6 +102,15 @@ def test_search_follows_the_task_through_its_life(db_url):
         deleted = await Trends(store).retention_pass(now=now)
         assert deleted["tasks"] == 1
         assert await ids(store, pid, "ancient-text") == []
+        if not text_index:
+            # built over the stored tasks, then dropped again: same answers
+            assert await store.set_text_index(True) is True
+            assert await ids(store, pid, "zx81") == ["pay-1"]
+            assert await ids(store, pid, "common-word", limit=50) == page
+            assert await store.set_text_index(False) is True
+            assert await store.set_text_index(False) is False
+            assert await ids(store, pid, "second-refusal") == ["pay-1"]
+            return
         if store.dialect == "sqlite":
             # FTS5 compares its index with the rows of tasks: raises if they differ
             await store.execute("INSERT INTO tasks_text (tasks_text) VALUES ('integrity-check')")
@@ -108,6 +126,25 @@ def test_search_follows_the_task_through_its_life(db_url):
             assert "ix_tasks_text" in "\n".join(r[0] for r in plan), plan
 
     asyncio.run(_with(db_url, run))
+
+
+def test_cli_switches_the_text_index(db_url):
+    migrate.upgrade(db_url)
+
+    def z4j(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*Z4J, "db", "text-index", *args, "--db", db_url],
+                              capture_output=True, text=True, timeout=120)
+
+    assert z4j().stdout.startswith("text index off: ")
+    on = z4j("on")
+    assert on.returncode == 0 and on.stdout.startswith("text index on: "), on
+    assert "(it already was)" in z4j("on").stdout
+    assert z4j("status").stdout.startswith("text index on: ")
+    bad = z4j("sideways")
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines() == [
+        "z4j: text-index takes on, off or status, got 'sideways'"], bad
+    assert z4j("status").stdout.startswith("text index on: ")  # the refusal changed nothing
+    assert z4j("off").stdout.startswith("text index off: ")
 
 
 async def _with(db_url: str, fn):

@@ -13,8 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from z4j_collector import taskmerge
 from z4j_collector.errors import StoreError
-from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SEARCH_COLUMNS, UPSERT_TASK_SQL, SqlStore, like_pattern
+from z4j_collector.store.base import INSERT_EVENT_COLUMNS, UPSERT_TASK_SQL, SqlStore, like_pattern
 from z4j_collector.store.partitions import PartitionsSql
+from z4j_collector.store.textindex import SEARCH_TEXT, TextIndexSql
 
 T = TypeVar("T")
 
@@ -41,17 +42,12 @@ _INSERT_EVENTS = (
 _NEW_EVENTS = (
     "SELECT s.id FROM stage_events s JOIN task_events t ON t.id = s.id WHERE t.ingested_at = s.ingested_at"
 )
-# The free-text expression: the very one migration 0011's trigram index is
-# built on (ix_tasks_text), or PostgreSQL cannot use the index.
-SEARCH_TEXT = " || ' ' || ".join(f"coalesce({c}, '')" for c in SEARCH_COLUMNS)
 _WORDS = re.compile(r"[^\W_]+")
 """What pg_trgm makes trigrams of: runs of letters and digits."""
 SEARCH_WORDS_MAX = 4
 """Words of a free text whose frequency is estimated (the longest ones)."""
-
 SEARCH_COMMON = 0.01
 """A word in more than this share of the tasks is not looked up in the index."""
-
 
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
@@ -89,7 +85,7 @@ class _Tx:
                     await copy.write_row(row)
 
 
-class PostgresStore(PartitionsSql, SqlStore):
+class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
     dialect = "postgresql"
     for_update = " FOR UPDATE"
 
@@ -121,16 +117,19 @@ class PostgresStore(PartitionsSql, SqlStore):
                 return await fn(_Tx(conn))
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
-        # The trigram index reads a posting list per trigram of the text's
-        # words, and a word found in every task ("order" of "order-123456")
-        # has a list as long as the table. So the index is asked for the
-        # rarest word only (the planner's own estimates say which), and the
-        # whole text is checked on the rows it gives with strpos, which the
-        # index cannot take. When even the rarest word is common, the index
-        # is not offered at all: walking the list newest first (or another
-        # filter's index) fills the page sooner. The planner guesses a third
-        # of the rows for the strpos check, so it walks then, as it should.
+        # Without the text index (z4j db text-index), the list is walked
+        # newest first and each task checked: the planner guesses a third of
+        # the rows for a strpos test, so it walks. With the index: it reads a
+        # posting list per trigram of the text's words, and a word found in
+        # every task ("order" of "order-123456") has a list as long as the
+        # table. So the index is asked for the rarest word only (the
+        # planner's own estimates say which) and the whole text is checked
+        # on the rows it gives with strpos, which the index cannot take. When
+        # even the rarest word is common, the index is not offered: walking
+        # the list (or another filter's index) fills the page sooner.
         whole = f"strpos(lower({SEARCH_TEXT}), lower(?)) > 0"
+        if not await self.has_text_index():
+            return whole, [text]
         words = sorted(set(_WORDS.findall(text.lower())), key=len, reverse=True)[:SEARCH_WORDS_MAX]
         if not words:
             return whole, [text]

@@ -11,6 +11,7 @@ import msgspec
 
 from z4j_collector.errors import StoreError
 from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
+from z4j_collector.store.textindex import TextIndexSql
 
 T = TypeVar("T")
 INDEX_LIST_MAX = 2000
@@ -39,7 +40,7 @@ class _Tx:
             return list(await cur.fetchall())
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(TextIndexSql, SqlStore):
     dialect = "sqlite"
 
     def __init__(self, url: str) -> None:
@@ -89,11 +90,12 @@ class SqliteStore(SqlStore):
             return result
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
-        # The trigram index finds a text of three characters or more. A rare
-        # one (the usual search: an id, an e-mail, an error) is a short list
-        # of rows; a common one would be most of the table, and the
-        # newest-first walk fills the page sooner than the list is read.
-        if len(text) >= 3:
+        # The trigram index (z4j db text-index) finds a text of three
+        # characters or more. A rare one (the usual search: an id, an
+        # e-mail, an error) is a short list of rows; a common one would be
+        # most of the table, and the newest-first walk fills the page sooner
+        # than the list is read. Without the index, every search walks.
+        if len(text) >= 3 and await self.has_text_index():
             phrase = '"' + text.replace('"', '""') + '"'
             rows = await self.fetchall(
                 "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, INDEX_LIST_MAX + 1)
