@@ -6,6 +6,7 @@ against a real collector process.
 
     python benchmarks/tui_tasks.py                       # 1,000,000 tasks, SQLite
     python benchmarks/tui_tasks.py --db postgres --tasks 200000
+    python benchmarks/tui_tasks.py --text-index          # with z4j db text-index on
 
 The tasks go in through the store's ingest (one event per task, 5,000 a
 batch), spread over the last seven days: 10 % failures, 50 names, 8 queues,
@@ -87,10 +88,23 @@ def timed(client: Client, filter: TaskFilter, repeat: int, counts: bool) -> tupl
     return statistics.median(runs) * 1000, rows
 
 
-def run(kind: str, db_url: str, workdir: Path, n: int, repeat: int) -> None:
+async def text_index_on(db_url: str) -> None:
+    store = make_store(db_url)
+    await store.open()
+    try:
+        await store.set_text_index(True)
+    finally:
+        await store.close()
+
+
+def run(kind: str, db_url: str, workdir: Path, n: int, repeat: int, text_index: bool) -> None:
     migrate.upgrade(db_url)
     seeded = asyncio.run(seed(db_url, n))
     print(f"{kind}: {n:,} tasks loaded in {seeded:.0f} s", flush=True)
+    if text_index:
+        t0 = time.perf_counter()
+        asyncio.run(text_index_on(db_url))
+        print(f"{kind}: text index built in {time.perf_counter() - t0:.0f} s", flush=True)
     collector = Collector(db_url, workdir).start()
     try:
         client = Client(collector.url, mint_tokens(collector, "viewer")["viewer"])
@@ -116,15 +130,16 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="sqlite")
+    parser.add_argument("--text-index", action="store_true", help="switch the free-text index on (z4j db text-index on)")
     args = parser.parse_args()
     for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
         with tempfile.TemporaryDirectory(prefix="z4j-tui-bench-") as tmp:
             workdir = Path(tmp)
             if kind == "sqlite":
-                run(kind, f"sqlite:///{workdir}/z4j.db", workdir, args.tasks, args.repeat)
+                run(kind, f"sqlite:///{workdir}/z4j.db", workdir, args.tasks, args.repeat, args.text_index)
             else:
                 with PostgresServer(durable=True, settings=ingest.PG_SETTINGS) as pg:
-                    run(kind, pg.create_database("bench"), workdir, args.tasks, args.repeat)
+                    run(kind, pg.create_database("bench"), workdir, args.tasks, args.repeat, args.text_index)
 
 
 if __name__ == "__main__":
