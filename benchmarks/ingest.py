@@ -35,7 +35,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import peers  # noqa: E402
 import workload  # noqa: E402
 
-from tests.support.collector import Collector  # noqa: E402
+from tests.support.collector import Collector, with_store  # noqa: E402
 from tests.support.servers import PostgresServer  # noqa: E402
 
 # Durable (fsync, synchronous_commit and full_page_writes stay on), sized as
@@ -165,7 +165,7 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
     processes share the database and sender i connects to collector i % n."""
     nodes = [Collector(db_url, workdir) for _ in range(collectors)]
     if text_index:
-        asyncio.run(_text_index_on(db_url))
+        with_store(db_url, lambda store: store.set_text_index(True))
     for node in nodes:
         node.start()
     try:
@@ -212,17 +212,6 @@ def run_once(db_url: str, items: list[tuple], senders: int, workdir: Path, rate:
         "lag_p99_ms": lags[int(len(lags) * 0.99)] * 1000,
         "cpu_us_per_event": {k: round(v, 1) for k, v in cpu.items()},
     }
-
-
-async def _text_index_on(db_url: str) -> None:
-    from z4j_collector.store import make_store
-
-    store = make_store(db_url)
-    await store.open()
-    try:
-        await store.set_text_index(True)
-    finally:
-        await store.close()
 
 
 async def _lags(db_url: str) -> list[float]:

@@ -31,7 +31,6 @@ p95 < 50 ms for every one.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import json
 import random
@@ -47,9 +46,9 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import ingest  # noqa: E402
 
-from tests.support.collector import Collector, mint_tokens  # noqa: E402
+from tests.support.collector import Collector, mint_tokens, with_store  # noqa: E402
 from tests.support.servers import PostgresServer  # noqa: E402
-from z4j_collector.store import make_store, migrate  # noqa: E402
+from z4j_collector.store import migrate  # noqa: E402
 
 DAY = 86_400.0
 SPAN_DAYS = 28
@@ -289,15 +288,13 @@ def measure(client: httpx.Client, params: list[dict[str, str]], samples: int, de
     return times[max(0, round(0.95 * len(times)) - 1)] * 1000, rows
 
 
-async def text_index(db_url: str, on: bool) -> None:
-    store = make_store(db_url)
-    await store.open()
-    try:
+def text_index(db_url: str, on: bool) -> None:
+    async def switch(store) -> None:
         await store.set_text_index(on)
         if on and store.dialect == "postgresql":
             await store.fetchall("ANALYZE tasks")  # statistics of the index's expression
-    finally:
-        await store.close()
+
+    with_store(db_url, switch)
 
 
 def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed) -> list[dict]:
@@ -308,7 +305,7 @@ def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed) -> li
     seed(n, start)
     print(f"{kind}: {n:,} tasks and {2 * n:,} events loaded in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
-    asyncio.run(text_index(db_url, True))
+    text_index(db_url, True)
     print(f"{kind}: text index built in {time.perf_counter() - t0:.0f} s", flush=True)
     collector = Collector(db_url, workdir).start(timeout=120)
     out = []
@@ -324,7 +321,7 @@ def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed) -> li
                 print(f"{kind}: {label:32} {first:12.1f} ms {deep_ms:12.1f} ms  {rows}/{deep_rows}{flag}", flush=True)
                 out.append({"db": kind, "filter": label, "first_p95_ms": round(first, 1),
                             "deep_p95_ms": round(deep_ms, 1), "rows": rows, "deep_rows": deep_rows})
-            asyncio.run(text_index(db_url, False))
+            text_index(db_url, False)
             # the collector notices within textindex.RECHECK_S
             time.sleep(32)
             rare = {"search": "insufficient funds"}

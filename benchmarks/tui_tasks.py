@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import ingest  # noqa: E402
 
-from tests.support.collector import Collector, mint_tokens  # noqa: E402
+from tests.support.collector import Collector, mint_tokens, with_store  # noqa: E402
 from tests.support.servers import PostgresServer  # noqa: E402
 from z4j_agents import protocol as p  # noqa: E402
 from z4j_collector.store import make_store, migrate  # noqa: E402
@@ -88,22 +88,13 @@ def timed(client: Client, filter: TaskFilter, repeat: int, counts: bool) -> tupl
     return statistics.median(runs) * 1000, rows
 
 
-async def text_index_on(db_url: str) -> None:
-    store = make_store(db_url)
-    await store.open()
-    try:
-        await store.set_text_index(True)
-    finally:
-        await store.close()
-
-
 def run(kind: str, db_url: str, workdir: Path, n: int, repeat: int, text_index: bool) -> None:
     migrate.upgrade(db_url)
     seeded = asyncio.run(seed(db_url, n))
     print(f"{kind}: {n:,} tasks loaded in {seeded:.0f} s", flush=True)
     if text_index:
         t0 = time.perf_counter()
-        asyncio.run(text_index_on(db_url))
+        with_store(db_url, lambda store: store.set_text_index(True))
         print(f"{kind}: text index built in {time.perf_counter() - t0:.0f} s", flush=True)
     collector = Collector(db_url, workdir).start()
     try:

@@ -6,7 +6,6 @@ keeps while the rest goes by batched deletes; SQLite keeps one table."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 
@@ -15,8 +14,10 @@ import pytest
 
 from z4j_agents import protocol as p
 from z4j_collector.services.trends import Trends
-from z4j_collector.store import make_store, migrate
+from z4j_collector.store import migrate
 from z4j_collector.store.base import IngestItem
+
+from tests.support.collector import with_store
 
 DAY = 86_400.0
 
@@ -47,7 +48,7 @@ def test_upgrade_keeps_old_events_and_retention_drops_whole_days(postgres_server
             pid = await store.project_id("default")
             await store.ingest([IngestItem(pid, None, old)])
 
-        asyncio.run(_with(db_url, before))
+        with_store(db_url, before)
         migrate.upgrade(db_url)
 
         async def after(store):
@@ -63,7 +64,7 @@ def test_upgrade_keeps_old_events_and_retention_drops_whole_days(postgres_server
             await store.ingest([IngestItem(pid, None, fresh)])
             return pid, fresh
 
-        pid, fresh = asyncio.run(_with(db_url, after))
+        pid, fresh = with_store(db_url, after)
         placed = where(db_url)
         assert placed[old[0].id] == placed[old[1].id] == "task_events_before"
         assert placed["custom-id-not-hex-time"] == "task_events_other"
@@ -85,7 +86,7 @@ def test_upgrade_keeps_old_events_and_retention_drops_whole_days(postgres_server
             ahead = "task_events_" + time.strftime("%Y%m%d", time.gmtime(today + 9 * DAY))
             return deleted, names, ahead, trends.partitions_dropped
 
-        deleted, names, ahead, dropped = asyncio.run(_with(db_url, retain))
+        deleted, names, ahead, dropped = with_store(db_url, retain)
         assert dropped == 1 and "task_events_before" not in names and ahead in names
         placed = where(db_url)
         assert old[0].id not in placed and old[1].id not in placed
@@ -94,15 +95,6 @@ def test_upgrade_keeps_old_events_and_retention_drops_whole_days(postgres_server
         assert deleted["task_events"] == 0
     finally:
         postgres_server.drop_database(name)
-
-
-async def _with(db_url: str, fn):
-    store = make_store(db_url)
-    await store.open()
-    try:
-        return await fn(store)
-    finally:
-        await store.close()
 
 
 def test_sqlite_keeps_one_table(tmp_path):
@@ -115,7 +107,7 @@ def test_sqlite_keeps_one_table(tmp_path):
         await store.ingest([IngestItem(pid, None, [event("t", time.time())])])
         return await store.fetchall("SELECT count(*) FROM task_events")
 
-    assert asyncio.run(_with(db_url, check)) == [(1,)]
+    assert with_store(db_url, check) == [(1,)]
 
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,6 @@ name prefixes likewise. The CLI switches the index with a one-line answer."""
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import time
 
@@ -17,9 +16,9 @@ import pytest
 
 from z4j_agents import protocol as p
 from z4j_collector.services.trends import Trends
-from z4j_collector.store import make_store, migrate
+from z4j_collector.store import migrate
 from z4j_collector.store.base import IngestItem, TaskQuery
-from tests.support.collector import Z4J
+from tests.support.collector import Z4J, with_store
 from z4j_collector.store.textindex import SEARCH_TEXT
 from z4j_collector.store.sqlite import INDEX_LIST_MAX
 
@@ -125,7 +124,7 @@ def test_search_follows_the_task_through_its_life(db_url, text_index):
             plan = await store.write(explain)
             assert "ix_tasks_text" in "\n".join(r[0] for r in plan), plan
 
-    asyncio.run(_with(db_url, run))
+    with_store(db_url, run)
 
 
 def test_cli_switches_the_text_index(db_url):
@@ -145,15 +144,6 @@ def test_cli_switches_the_text_index(db_url):
         "z4j: text-index takes on, off or status, got 'sideways'"], bad
     assert z4j("status").stdout.startswith("text index on: ")  # the refusal changed nothing
     assert z4j("off").stdout.startswith("text index off: ")
-
-
-async def _with(db_url: str, fn):
-    store = make_store(db_url)
-    await store.open()
-    try:
-        return await fn(store)
-    finally:
-        await store.close()
 
 
 pytestmark = pytest.mark.timeout(120)
