@@ -150,7 +150,10 @@ run_lane() {
 }
 
 # --------------------------------------------------------------- families
-prepare_family main all celery --group=dev --group=bench --group=tui-test -- --ignore=tests/engines
+# The main family's tests that share a module collector are one xdist unit each
+# (tests/conftest.py marks them), handed out in collection order: long ones first.
+prepare_family main all celery --group=dev --group=bench --group=tui-test -- --ignore=tests/engines \
+    --dist=loadgroup --no-loadscope-reorder
 # Celery tests share one real worker per test file (module fixtures): keep a
 # file's tests in one xdist process.
 prepare_family celery celery collector --group=dev -- --dist=loadfile
