@@ -11,6 +11,7 @@ from pathlib import Path
 from subprocess import CompletedProcess
 
 from tests.support.collector import mint_agent, mint_tokens, z4j
+from tests.support.dbs import on_one_db
 from tests.support.servers import free_port
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
@@ -98,6 +99,7 @@ def test_bad_configuration_is_one_clear_line():
     assert any(line.startswith("FAIL database:") and "cannot reach" in line for line in dead.stdout.splitlines()), dead.stdout
 
 
+@on_one_db()  # client commands: what the server answers on each database is in test_read_api.py
 def test_client_commands_against_a_collector(collector):
     creds = mint_agent(collector, "cli-agent")
     agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine="bare")

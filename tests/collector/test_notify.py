@@ -4,7 +4,8 @@ nothing changed, the "send test" action reaching a local HTTP receiver on
 loopback (allowlisted with Z4J_OUTBOUND_ALLOW) with Slack, Telegram and
 signed webhook payloads, and a real SMTP server for e-mail; retries, the
 delivery log, refusals through the API (a name resolving to loopback, a
-redirect), RBAC, and the `z4j notify` CLI."""
+redirect), RBAC, and the `z4j notify` CLI (a client of that API: on one
+database, tests/support/dbs.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import json
 import pytest
 
 from tests.support.collector import mint_tokens, module_collector, z4j
+from tests.support.dbs import DBS, on_one_db
 from tests.support.receiver import Receiver
 from tests.support.smtp import SmtpServer
 
@@ -23,7 +25,7 @@ SECRET = "s3cret-" + "x" * 20
 BOT = "123456:AAbbCC-dd_ee"
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
 def env(request, tmp_path_factory):
     rx = Receiver().start()
     request.addfinalizer(rx.stop)
@@ -202,6 +204,7 @@ def test_rbac(env):
     assert operator.post(f"{BASE}/channels/{channel['id']}/test").json()["status"] == "sent"
 
 
+@on_one_db("env")
 def test_cli(env):
     collector, rx = env["collector"], env["rx"]
     cli_env = {"Z4J_API_TOKEN": env["tokens"]["admin"], "Z4J_URL": collector.url, "Z4J_NOTIFY_SECRET": SECRET}

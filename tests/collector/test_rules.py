@@ -3,7 +3,8 @@ one-line refusals and audit rows, and the evaluator (Z4J_RULES_INTERVAL_S
 small) sending through a signed webhook channel to a loopback receiver
 (allowlisted with Z4J_OUTBOUND_ALLOW) on events from a bare agent: task
 failed (name filter, dedupe, cooldown), failure rate above and below the
-threshold, task lost and stuck (grouped), worker offline, queue depth."""
+threshold, task lost and stuck (grouped), worker offline, queue depth. The
+`z4j notify rules` commands, a client of the same API, on one database."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from tests.support.collector import mint_agent, mint_tokens, module_collector, wait_until, z4j
+from tests.support.dbs import DBS, on_one_db
 from tests.support.receiver import Receiver
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
@@ -21,7 +23,7 @@ SECRET = "rules-secret-" + "x" * 16
 INTERVAL_S = 0.2
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
 def env(request, tmp_path_factory):
     rx = Receiver().start()
     request.addfinalizer(rx.stop)
@@ -66,7 +68,7 @@ def finish(agent: Agent, task_id: str, name: str, kind: str = "failed", **fields
     agent.task(task_id, kind, name=name, **fields)
 
 
-def test_crud_refusals_audit_and_cli(env):
+def test_crud_refusals_and_audit(env):
     admin, viewer = env["admin"], env["viewer"]
     cid = channel(env, "crud")
     made = rule(env, "failure_rate", "crud-rate", cid, {"threshold": 0.2, "window_minutes": 5, "queue": "q*"}, 60)
@@ -112,13 +114,18 @@ def test_crud_refusals_audit_and_cli(env):
     for expected in ("notify.rule.create", "notify.rule.update", "notify.rule.delete"):
         assert (expected, "rule:crud-rate") in actions, actions
 
+
+@on_one_db("env")  # a client of the API tested above on both databases
+def test_cli(env):
+    admin = env["admin"]
+    channel(env, "cli")
     cli_env = {"Z4J_URL": env["collector"].url, "Z4J_API_TOKEN": env["tokens"]["admin"]}
-    out = z4j("notify", "rules", "create", "queue_depth", "cli-depth", "--channel", "crud", "--param", "depth=50",
+    out = z4j("notify", "rules", "create", "queue_depth", "cli-depth", "--channel", "cli", "--param", "depth=50",
               "--param", "queue=cli-*", "--cooldown", "30", env=cli_env)
     assert out.returncode == 0, out.stderr
     listed = z4j("notify", "rules", "list", env=cli_env)
     assert "cli-depth" in listed.stdout and "depth=50" in listed.stdout, listed.stdout
-    bad_cli = z4j("notify", "rules", "create", "queue_depth", "cli-bad", "--channel", "crud", "--param", "depth",
+    bad_cli = z4j("notify", "rules", "create", "queue_depth", "cli-bad", "--channel", "cli", "--param", "depth",
                   env=cli_env, check=False)
     assert bad_cli.returncode != 0 and "key=value" in bad_cli.stderr
     assert z4j("notify", "rules", "delete", "cli-depth", env=cli_env).returncode == 0

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from tests.support.collector import mint_agent, mint_tokens, running, wait_agent_connected, wait_until
+from tests.support.collector import mint_agent, mint_tokens, module_collector, wait_agent_connected, wait_until
+from tests.support.dbs import DBS, on_one_db
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 from z4j_collector.errors import CollectorError
@@ -91,29 +92,32 @@ def test_an_empty_edit_is_refused():
 # ------------------------------------------------------------------ a real collector and beat agent
 
 
-@pytest.fixture
-def beat(db_url, tmp_path):
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
+def beat(request, tmp_path_factory):
     """A collector syncing every 0.3 s, a Celery app with one code entry, its
-    Z4JScheduler, and the beat agent on it (connected)."""
+    Z4JScheduler, and the beat agent on it (connected): one per database for
+    the module. The tests below run in file order on it, each with schedules
+    of its own names; the last one stops the agent."""
+    tmp_path = tmp_path_factory.mktemp("beat")
     app = celery.Celery("sched_test", broker="memory://", backend="cache+memory://")
     app.conf.beat_schedule = {"code-entry": {"task": "proj.cleanup", "schedule": 3600.0}}
     app.conf.result_expires = None
     scheduler = Z4JScheduler(app=app, schedule_filename=str(tmp_path / "celerybeat-schedule"))
-    with running(db_url, tmp_path, Z4J_SCHEDULE_SYNC_S=0.3) as collector:
-        creds = mint_agent(collector, "beat")
-        agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine="celery", start=False)
-        adapter = BeatAdapter(app, scheduler, agent)
-        adapter.register(agent)
-        adapter.watch()
-        agent.start()
+    collector = module_collector(request, tmp_path_factory, "schedules", Z4J_SCHEDULE_SYNC_S=0.3)
+    creds = mint_agent(collector, "beat")
+    agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine="celery", start=False)
+    adapter = BeatAdapter(app, scheduler, agent)
+    adapter.register(agent)
+    adapter.watch()
+    agent.start()
+    try:
         tokens = mint_tokens(collector, "viewer", "operator", "admin")
         apis = {role: collector.api(token) for role, token in tokens.items()}
         wait_agent_connected(apis["admin"], "beat")
-        try:
-            yield collector, apis, scheduler, agent, creds
-        finally:
-            agent.stop()
-            scheduler.close()
+        yield collector, apis, scheduler, agent, creds
+    finally:
+        agent.stop()
+        scheduler.close()
 
 
 def by_name(api, name):
@@ -232,25 +236,7 @@ def test_schedule_lifecycle_reaches_the_scheduler(beat):
     assert trigger["detail"]["task_id"] == task_id and trigger["actor"].startswith("token:")
 
 
-def test_changes_without_a_scheduler_agent_are_refused(beat):
-    collector, apis, scheduler, agent, creds = beat
-    admin = apis["admin"]
-    wait_until(lambda: by_name(admin, "code-entry"), what="the first sync")
-    agent.stop()
-    wait_agent_connected(admin, "beat", connected=False)
-    refused = admin.post(SCHEDULES, json={"name": "x", "task": "t", "schedule": {"kind": "interval", "every": 5}})
-    assert refused.status_code == 409 and refused.json()["code"] == "no_agent", refused.text
-    assert "x" not in read_file(scheduler.z4j_path)
-    entry = audit(admin, "schedule.create")[0]
-    assert entry["outcome"] == "refused" and "no connected agent" in json.dumps(entry["detail"])
-    # the code entry synced before stays listed, and changing it still needs its agent
-    code = by_name(admin, "code-entry")
-    refused = admin.post(f"{SCHEDULES}/{code['id']}/trigger")
-    assert refused.status_code == 409 and refused.json()["code"] == "agent_offline"
-    assert code["agent_connected"] is False
-    assert admin.get(SCHEDULES, params={"source": "nope"}).json()["code"] == "bad_source"
-
-
+@on_one_db("beat")  # a client of the API tested above on both databases
 def test_cli_verbs(beat):
     from tests.support.collector import mint_tokens, z4j
 
@@ -275,3 +261,22 @@ def test_cli_verbs(beat):
     assert task_id in z4j("schedules", "fires", "cli-job", env=env).stdout
     z4j("schedules", "delete", "cli-job", env=env)
     assert "cli-job" not in read_file(scheduler.z4j_path)
+
+
+def test_changes_without_a_scheduler_agent_are_refused(beat):
+    collector, apis, scheduler, agent, creds = beat
+    admin = apis["admin"]
+    wait_until(lambda: by_name(admin, "code-entry"), what="the first sync")
+    agent.stop()
+    wait_agent_connected(admin, "beat", connected=False)
+    refused = admin.post(SCHEDULES, json={"name": "x", "task": "t", "schedule": {"kind": "interval", "every": 5}})
+    assert refused.status_code == 409 and refused.json()["code"] == "no_agent", refused.text
+    assert "x" not in read_file(scheduler.z4j_path)
+    entry = audit(admin, "schedule.create")[0]
+    assert entry["outcome"] == "refused" and "no connected agent" in json.dumps(entry["detail"])
+    # the code entry synced before stays listed, and changing it still needs its agent
+    code = by_name(admin, "code-entry")
+    refused = admin.post(f"{SCHEDULES}/{code['id']}/trigger")
+    assert refused.status_code == 409 and refused.json()["code"] == "agent_offline"
+    assert code["agent_connected"] is False
+    assert admin.get(SCHEDULES, params={"source": "nope"}).json()["code"] == "bad_source"

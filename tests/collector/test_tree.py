@@ -7,13 +7,13 @@ are their own roots and share only the group id and the callback's id
 (chord_id); the callback inherits the header's group id and names the last
 member to finish as its parent and root; a chain's later steps name the step
 before as parent and the first step as root; a step after a failed one is
-never sent. Sent by a real agent into a real collector, on both databases.
+never sent. Sent by a real agent into a real collector, on both databases
+(`z4j tasks tree`, a client of the same API, on one: tests/support/dbs.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 
@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from tests.support.collector import drawn_tree as drawn, mint_agent, mint_tokens, module_collector, with_store, z4j
+from tests.support.dbs import DBS, on_one_db
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 
 TASKS = "/api/v1/projects/default/tasks"
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 ENGINE_STATE = {"sent": "PENDING", "received": "RECEIVED", "started": "STARTED", "succeeded": "SUCCESS",
                 "failed": "FAILURE", "retried": "RETRY"}
 
@@ -232,6 +232,7 @@ def test_tree_is_bounded(collector, flows):
     assert exact["truncated"] is False and exact["nodes"] == 11
 
 
+@on_one_db("collector")  # a client of the API tested above on both
 def test_cli_draws_the_tree(collector, flows):
     env = {"Z4J_API_TOKEN": mint_tokens(collector, "viewer")["viewer"], "Z4J_URL": collector.url,
            "COLUMNS": "250"}

@@ -13,7 +13,6 @@ retention deletes old events, tasks and rollups and keeps new ones.
 from __future__ import annotations
 
 import math
-import os
 import secrets
 import time
 
@@ -21,12 +20,12 @@ import numpy as np
 import pytest
 
 from tests.support.collector import mint_agent, mint_tokens, module_collector, wait_agent_connected, wait_until, z4j
+from tests.support.dbs import DBS, on_one_db
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 from z4j_collector.sketch import ALPHA
 
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 ENGINE = "rq"
 N = 2000
 NAMES = ("jobs.fast", "jobs.slow", "jobs.heavy")
@@ -176,6 +175,7 @@ def test_bad_input_is_refused_with_a_reason(sent):
         "events_days": None, "tasks_days": None, "rollups_days": None}
 
 
+@on_one_db("collector")  # a client of the API tested above on both
 def test_cli_prints_trends(collector, sent):
     env = {"Z4J_URL": collector.url, "Z4J_API_TOKEN": mint_tokens(collector, "viewer")["viewer"], "COLUMNS": "200"}
     out = z4j("trends", "--bucket", "hour", "--by", "name", "--since", str(HOUR), "--until", str(HOUR + 3600),

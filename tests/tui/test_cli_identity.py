@@ -1,5 +1,7 @@
-"""The ``z4j`` client's identity commands against a real collector (SQLite and
-PostgreSQL): first-boot setup and login keep the session in the OS keyring or,
+"""The ``z4j`` client's identity commands against a real collector (on one
+database: the client only talks to the API; what the server does on each
+database is in tests/collector/test_auth.py, test_mail.py, test_rbac.py and
+test_audit.py): first-boot setup and login keep the session in the OS keyring or,
 where there is none (this machine), a 0600 file that later commands use and
 that is refused when others can read it; logout ends it; scripts use
 Z4J_URL + Z4J_API_TOKEN; agents, API tokens, invitations and the audit log
@@ -18,6 +20,7 @@ import pytest
 
 from tests.collector.test_cli import one_line_failure
 from tests.support.collector import Collector, wait_agent_connected, wait_until, z4j
+from tests.support.dbs import on_one_db
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 
@@ -80,6 +83,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@on_one_db()
 def test_login_keeps_the_session_in_a_0600_file_logout_ends_it(collector, tmp_path):
     cli = Cli(tmp_path / "home")
     made = setup_root(cli, collector)
@@ -129,6 +133,7 @@ def test_login_keeps_the_session_in_a_0600_file_logout_ends_it(collector, tmp_pa
     one_line_failure(cli("whoami", check=False), "session expired: run `z4j login")
 
 
+@on_one_db()
 def test_login_uses_the_os_keyring_when_there_is_one(collector, tmp_path):
     ring = tmp_path / "keyring.json"
     cli = Cli(tmp_path / "home", PYTHON_KEYRING_BACKEND=f"{__name__}.FileKeyring", Z4J_TEST_KEYRING=str(ring))
@@ -143,6 +148,7 @@ def test_login_uses_the_os_keyring_when_there_is_one(collector, tmp_path):
     assert collector.api(token).get("/api/v1/auth/me").status_code == 401
 
 
+@on_one_db()
 def test_scripts_and_api_tokens(collector, tmp_path):
     cli = Cli(tmp_path / "home")
     setup_root(cli, collector)
@@ -177,6 +183,7 @@ def exports(stdout: str) -> dict[str, str]:
     return dict(line[len("export "):].split("=", 1) for line in lines)
 
 
+@on_one_db()
 def test_agents_created_rotated_and_revoked_from_the_cli(collector, tmp_path):
     cli = Cli(tmp_path / "home")
     setup_root(cli, collector)
@@ -218,6 +225,7 @@ def test_agents_created_rotated_and_revoked_from_the_cli(collector, tmp_path):
     one_line_failure(cli("agents", "revoke", "nobody", check=False), "no agent", "nobody")
 
 
+@on_one_db()
 def test_invitations_members_users_and_the_audit_log(collector, tmp_path):
     root = Cli(tmp_path / "root-home")
     setup_root(root, collector)
@@ -273,6 +281,7 @@ def test_invitations_members_users_and_the_audit_log(collector, tmp_path):
     one_line_failure(root("audit", "list", "--since", "someday", check=False), "since")
 
 
+@on_one_db()
 def test_the_console_picks_up_the_stored_login(collector, tmp_path, monkeypatch):
     from z4j_tui.client import Client
     from z4j_tui.config import ConfigError, Settings
@@ -299,6 +308,7 @@ def test_the_console_picks_up_the_stored_login(collector, tmp_path, monkeypatch)
         Settings.from_args([], environ)
 
 
+@on_one_db()
 def test_first_boot_and_password_reset_from_the_cli(collector, tmp_path):
     cli = Cli(tmp_path / "home")
     bad = cli("setup", "--url", collector.url, "--token", "z4ju_" + "x" * 43, "--email", ROOT, "--password-stdin",

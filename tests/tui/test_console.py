@@ -8,11 +8,15 @@
   with state and runtime badges, enter on a node opens its detail;
 - login with e-mail and password, a session ended elsewhere prompts for a new
   login and the console carries on, the project switcher, logout.
+
+The tasks screen runs on both databases end to end (its filters and paging are
+the store's queries); the detail, tree and login tests only talk to the API
+and run on one (tests/support/dbs.py): the tree and sessions on both databases
+are tested in tests/collector/test_tree.py and test_auth.py.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import httpx
@@ -20,6 +24,7 @@ import pytest
 from textual.widgets import DataTable, Input, OptionList, Tree
 
 from tests.support.collector import mint_agent, mint_tokens, module_collector
+from tests.support.dbs import DBS, on_one_db
 from tests.tui.helpers import screen_text, until
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
@@ -30,7 +35,6 @@ from z4j_tui.screens.login import LoginScreen, ProjectScreen
 from z4j_tui.screens.task_detail import TaskDetailScreen
 from z4j_tui.screens.tasks import PAGE, TasksScreen
 
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 ROOT, ROOT_PW = "root@example.com", "root-password-1"
 BULK = PAGE + 60
 """More than one page of bulk tasks."""
@@ -163,6 +167,7 @@ async def test_live_filters_paging_and_sort(world):
         client.close()
 
 
+@on_one_db("world")
 async def test_detail_links_and_tree(world):
     client = Client(world.collector.url, world.viewer)
     app = Z4jApp(client, "default", refresh_interval=3600)
@@ -207,6 +212,7 @@ async def test_detail_links_and_tree(world):
         client.close()
 
 
+@on_one_db("world")
 async def test_login_expired_session_projects_and_logout(world):
     client = Client(world.collector.url, "")
     app = Z4jApp(client, "default", refresh_interval=3600)

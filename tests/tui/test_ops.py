@@ -1,20 +1,23 @@
-"""Must show, against a real collector (SQLite and PostgreSQL) with real
-data from bare agents (tests/tui/ops_world.py): for the workers, queues,
+"""Must show, against a real collector with real data from bare agents (tests/tui/ops_world.py): for the workers, queues,
 schedules, audit and trends screens, open it, filter, act, see the result;
 every action confirmed with what it will do, sent through the agent that
 declared it, its result or the server's refusal a notification; actions
 hidden from roles that may not do them. Retry, cancel and bulk retry (the
-task screens' actions) through z4j_tui.actions."""
+task screens' actions) through z4j_tui.actions.
+
+On one database (tests/support/dbs.py): the screens only talk to the API, and
+what the server does for each of them on both databases is tested in
+tests/collector (test_actions, test_schedules, test_audit, test_trends,
+test_rbac); tests/tui/test_console.py and test_app.py keep the console on both."""
 
 from __future__ import annotations
-
-import os
 
 import pytest
 from textual.notifications import Notify
 from textual.widgets import DataTable, Input, OptionList, Static
 
 from tests.support.collector import module_collector
+from tests.support.dbs import ONE_DB
 from tests.tui.helpers import screen_text, until
 from tests.tui.ops_world import P, OpsApp, World, make_world
 from z4j_tui import actions
@@ -26,11 +29,10 @@ from z4j_tui.screens.schedules import SchedulesScreen
 from z4j_tui.screens.trends import TrendsScreen
 from z4j_tui.screens.workers import WorkersScreen
 
-DBS = [d.strip() for d in os.environ.get("Z4J_TEST_DBS", "sqlite,postgres").split(",") if d.strip()]
 SIZE = (120, 36)
 
 
-@pytest.fixture(scope="module", params=DBS, ids=DBS)
+@pytest.fixture(scope="module", params=[ONE_DB], ids=[ONE_DB])
 def world(request, tmp_path_factory):
     collector = module_collector(request, tmp_path_factory, "tui-ops", Z4J_TRENDS_FLUSH_S="0.3",
                                  Z4J_SCHEDULE_SYNC_S="0.3")
