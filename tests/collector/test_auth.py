@@ -8,11 +8,16 @@ import base64
 import hashlib
 import re
 import time
+from types import SimpleNamespace
 
 import httpx
+import pytest
 
 from tests.collector.test_cli import one_line_failure, run_many
-from tests.support.collector import Collector, running, wait_agent_connected, wait_until, with_store, z4j
+from tests.support.collector import (
+    Collector, module_collector, running, wait_agent_connected, wait_until, with_store, z4j,
+)
+from tests.support.dbs import DBS
 from tests.support.raw_agent import RawAgent
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
@@ -53,6 +58,15 @@ def audit_actions(api: httpx.Client, path: str = "/api/v1/audit", **params: str)
     reply = api.get(path, params={"limit": 1000, **params})
     assert reply.status_code == 200, reply.text
     return [e["action"] for e in reply.json()["entries"]]
+
+
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
+def signed_in(request, tmp_path_factory):
+    """One collector per database and its first superuser's API, shared by the
+    tests below that need no other settings and nothing fresh but their own
+    users (one worker runs them in file order)."""
+    collector = module_collector(request, tmp_path_factory, "auth")
+    return SimpleNamespace(collector=collector, root=collector.api(collector.first_superuser(ROOT, ROOT_PW)))
 
 
 # ------------------------------------------------------------------ first boot
@@ -178,10 +192,10 @@ def test_one_address_spraying_many_accounts_is_refused(db_url, tmp_path):
 # ------------------------------------------------------------------ sessions
 
 
-def test_sessions_are_opaque_hashed_listed_and_revocable(collector):
-    root = collector.api(collector.first_superuser(ROOT, ROOT_PW))
-    ann_id = add_user(root, "ann@example.com", role="operator")
-    logins = [login(collector, "ann@example.com", ANN_PW).json() for _ in range(3)]
+def test_sessions_are_opaque_hashed_listed_and_revocable(signed_in):
+    collector, root = signed_in.collector, signed_in.root
+    sue_id = add_user(root, "sue@example.com", role="operator")
+    logins = [login(collector, "sue@example.com", ANN_PW).json() for _ in range(3)]
     s1, s2, s3 = (collector.api(x["token"]) for x in logins)
     for x in logins:
         prefix, _, secret = x["token"].partition("_")
@@ -205,44 +219,44 @@ def test_sessions_are_opaque_hashed_listed_and_revocable(collector):
     assert s1.get("/api/v1/auth/me").status_code == 200
 
     # a superuser sees and ends another user's sessions; a user cannot
-    assert [s["id"] for s in root.get(f"/api/v1/users/{ann_id}/sessions").json()] == [logins[0]["session_id"]]
+    assert [s["id"] for s in root.get(f"/api/v1/users/{sue_id}/sessions").json()] == [logins[0]["session_id"]]
     error(s1.get("/api/v1/users/1/sessions"), 403, "forbidden")
-    assert root.delete(f"/api/v1/users/{ann_id}/sessions").status_code == 204
+    assert root.delete(f"/api/v1/users/{sue_id}/sessions").status_code == 204
     error(s1.get("/api/v1/auth/me"), 401, "session_ended")
     assert root.get("/api/v1/auth/me").status_code == 200
     assert {"session.revoke", "auth.logout", "session.revoke_all"} <= set(audit_actions(root))
 
 
-def test_disabling_a_user_ends_their_sessions_and_tokens(collector):
-    root = collector.api(collector.first_superuser(ROOT, ROOT_PW))
-    ann_id = add_user(root, "ann@example.com", role="operator")
-    ann = collector.api(login(collector, "ann@example.com", ANN_PW).json()["token"])
-    made = ann.post("/api/v1/projects/default/tokens", json={"name": "script", "role": "viewer"})
+def test_disabling_a_user_ends_their_sessions_and_tokens(signed_in):
+    collector, root = signed_in.collector, signed_in.root
+    dan_id = add_user(root, "dan@example.com", role="operator")
+    dan = collector.api(login(collector, "dan@example.com", ANN_PW).json()["token"])
+    made = dan.post("/api/v1/projects/default/tokens", json={"name": "script", "role": "viewer"})
     assert made.status_code == 201, made.text
     script = collector.api(made.json()["token"])
     assert script.get("/api/v1/projects/default/tasks").status_code == 200
 
-    assert root.patch(f"/api/v1/users/{ann_id}", json={"disabled": True}).json()["disabled_at"] is not None
-    error(ann.get("/api/v1/auth/me"), 401, "session_ended")
+    assert root.patch(f"/api/v1/users/{dan_id}", json={"disabled": True}).json()["disabled_at"] is not None
+    error(dan.get("/api/v1/auth/me"), 401, "session_ended")
     error(script.get("/api/v1/projects/default/tasks"), 401, "bad_token")
-    error(login(collector, "ann@example.com", ANN_PW), 401, "bad_credentials")
+    error(login(collector, "dan@example.com", ANN_PW), 401, "bad_credentials")
 
-    # enabling her again does not bring the old credentials back
-    assert root.patch(f"/api/v1/users/{ann_id}", json={"disabled": False}).json()["disabled_at"] is None
-    error(ann.get("/api/v1/auth/me"), 401, "session_ended")
+    # enabling him again does not bring the old credentials back
+    assert root.patch(f"/api/v1/users/{dan_id}", json={"disabled": False}).json()["disabled_at"] is None
+    error(dan.get("/api/v1/auth/me"), 401, "session_ended")
     error(script.get("/api/v1/projects/default/tasks"), 401, "bad_token")
-    assert login(collector, "ann@example.com", ANN_PW).status_code == 200
+    assert login(collector, "dan@example.com", ANN_PW).status_code == 200
     assert {"user.disable", "user.enable"} <= set(audit_actions(root))
 
 
-def test_changing_my_password_ends_my_other_sessions(collector):
-    root = collector.api(collector.first_superuser(ROOT, ROOT_PW))
-    add_user(root, "ann@example.com", role="operator")
-    here, there = (collector.api(login(collector, "ann@example.com", ANN_PW).json()["token"]) for _ in range(2))
+def test_changing_my_password_ends_my_other_sessions(signed_in):
+    collector, root = signed_in.collector, signed_in.root
+    add_user(root, "pat@example.com", role="operator")
+    here, there = (collector.api(login(collector, "pat@example.com", ANN_PW).json()["token"]) for _ in range(2))
     script = collector.api(here.post("/api/v1/projects/default/tokens",
                                      json={"name": "cron", "role": "viewer"}).json()["token"])
 
-    new = "ann-new-password-2"
+    new = "pat-new-password-2"
     error(here.post("/api/v1/auth/password", json={"current_password": "wrong-one-1", "new_password": new}),
           401, "bad_credentials")
     error(here.post("/api/v1/auth/password", json={"current_password": ANN_PW, "new_password": "short"}),
@@ -255,8 +269,8 @@ def test_changing_my_password_ends_my_other_sessions(collector):
     assert here.get("/api/v1/auth/me").status_code == 200
     error(there.get("/api/v1/auth/me"), 401, "session_ended")
     assert script.get("/api/v1/projects/default/tasks").status_code == 200, "API tokens survive a password change"
-    error(login(collector, "ann@example.com", ANN_PW), 401, "bad_credentials")
-    assert login(collector, "ann@example.com", new).status_code == 200
+    error(login(collector, "pat@example.com", ANN_PW), 401, "bad_credentials")
+    assert login(collector, "pat@example.com", new).status_code == 200
 
 
 def test_idle_and_absolute_session_expiry(db_url, tmp_path):
@@ -355,8 +369,8 @@ def task_ids(api: httpx.Client) -> set[str]:
     return {t["task_id"] for t in api.get("/api/v1/projects/default/tasks", params={"limit": 1000}).json()["tasks"]}
 
 
-def test_agent_credentials_created_rotated_and_revoked_through_the_api(collector):
-    root = collector.api(collector.first_superuser(ROOT, ROOT_PW))
+def test_agent_credentials_created_rotated_and_revoked_through_the_api(signed_in):
+    collector, root = signed_in.collector, signed_in.root
     made = root.post("/api/v1/projects/default/agents", json={"name": "api-agent"})
     assert made.status_code == 201, made.text
     old = made.json()
