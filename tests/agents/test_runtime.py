@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support.collector import Collector
+from tests.support.collector import Collector, mint_agent, mint_tokens
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
@@ -13,7 +13,7 @@ from z4j_agents.config import AgentConfig
 
 def test_overflow_is_counted_reported_and_the_rest_delivered(db_url, tmp_path):
     collector = Collector(db_url, tmp_path)  # port chosen, not yet listening
-    creds = collector.create_agent("guest")
+    creds = mint_agent(collector, "guest")
     config = AgentConfig.from_env(collector.agent_env(creds), buffer_max=100, backoff_initial=0.1, backoff_max=0.5)
     agent = Agent(config, engine="bare")
     started = time.monotonic()
@@ -26,7 +26,7 @@ def test_overflow_is_counted_reported_and_the_rest_delivered(db_url, tmp_path):
     try:
         assert agent.flush(30), agent.runtime.last_error
         agent.stop()
-        api = collector.api(collector.create_token("admin"))
+        api = collector.api(mint_tokens(collector, "admin")["admin"])
         tasks = api.get("/api/v1/projects/default/tasks", params={"limit": 1000}).json()["tasks"]
         assert len(tasks) == 100
         [row] = [a for a in api.get("/api/v1/projects/default/agents").json() if a["name"] == "guest"]

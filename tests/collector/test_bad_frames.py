@@ -3,13 +3,12 @@ closed, nothing is stored, and the collector keeps serving other agents."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
 import pytest
 
-from tests.support.collector import z4j
+from tests.support.collector import mint_agent, mint_tokens, with_store
 from tests.support.raw_agent import RawAgent
 from z4j_agents import protocol as p
 from z4j_agents.bare import Agent
@@ -17,14 +16,14 @@ from z4j_agents.config import AgentConfig
 
 
 def stored_events(collector) -> int:
-    out = z4j("status", "--json", "--db", collector.db_url)
-    return json.loads(out.stdout)["task_events"]
+    """The task events in the database (what `z4j status` counts; the command is tested in test_cli.py)."""
+    return with_store(collector.db_url, lambda store: store.fetchall("SELECT count(*) FROM task_events"))[0][0]
 
 
 @pytest.fixture
 def good_agent(collector):
     """A well-behaved agent that keeps sending while the bad ones try."""
-    creds = collector.create_agent("good")
+    creds = mint_agent(collector, "good")
     agent = Agent(AgentConfig.from_env(collector.agent_env(creds), backoff_max=1.0), engine="bare")
     stop = threading.Event()
     sent = [0]
@@ -42,14 +41,14 @@ def good_agent(collector):
     thread.join()
     assert agent.flush(30), "the good agent could not deliver while bad agents were refused"
     agent.stop()
-    api = collector.api(collector.create_token("viewer"))
+    api = collector.api(mint_tokens(collector, "viewer")["viewer"])
     counts = api.get("/api/v1/projects/default/tasks", params={"name": "good.task", "limit": 1000}).json()
     assert sent[0] > 0
     assert len(counts["tasks"]) == min(sent[0], 1000)
 
 
 def test_bad_frames_are_refused_and_others_keep_working(collector, good_agent):
-    creds = collector.create_agent("bad")
+    creds = mint_agent(collector, "bad")
     url, token, secret = collector.url, creds["token"], creds["hmac_secret"]
 
     # unknown token
@@ -134,7 +133,7 @@ def test_bad_frames_are_refused_and_others_keep_working(collector, good_agent):
     assert (error.code, code) == ("unexpected_frame", 4400)
 
     # Only the two legitimate one-event batches of the bad agent were stored.
-    api = collector.api(collector.create_token("viewer"))
+    api = collector.api(mint_tokens(collector, "viewer")["viewer"])
     names = {t["task_id"] for t in api.get("/api/v1/projects/default/tasks", params={"name": "raw.task", "limit": 100}).json()["tasks"]}
     assert names == {"replayed-0", "first-0"}
     assert stored_events(collector) >= before + 2
