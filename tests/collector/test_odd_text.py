@@ -4,11 +4,20 @@ blocks the agent: the events it sends afterwards arrive too."""
 
 from __future__ import annotations
 
-from tests.support.collector import mint_agent, mint_tokens
+import pytest
+
+from tests.support.collector import mint_agent, mint_tokens, module_collector
+from tests.support.dbs import DBS
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 
 TASKS = "/api/v1/projects/default/tasks"
+
+
+@pytest.fixture(scope="module", params=DBS, ids=DBS)
+def collector(request, tmp_path_factory):
+    """One collector per database for the module: its tests use agents, task ids and names of their own."""
+    return module_collector(request, tmp_path_factory, "odd-text")
 
 # one agent per case, so that one stuck case does not hide the others
 CASES = {
