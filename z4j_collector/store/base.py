@@ -503,7 +503,7 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
 
 
 SEARCH_COLUMNS = ("task_id", "name", "args", "kwargs", "result", "exception")
-"""What the task list's free text searches (migration 0011 indexes them)."""
+"""What the task list's free text searches (store/textindex.py indexes them when it is on)."""
 
 
 def like_pattern(text: str) -> str:
