@@ -324,8 +324,10 @@ def preflight(no_tui: bool) -> list[Engine]:
 
 @contextlib.contextmanager
 def stop_signals(on_signal: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and SIGHUP (the terminal went away) stop the demo like Ctrl-C."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    """SIGTERM, SIGHUP (the terminal went away) and SIGINT stop the demo like
+    Ctrl-C. SIGINT is set here too: a process started in the background of a
+    script inherits it ignored, and Python then never raises KeyboardInterrupt."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     for sig in previous:
         signal.signal(sig, lambda signum, frame: on_signal())
     try:
