@@ -175,9 +175,12 @@ class ProjectController(Controller):
 
     @get("/{project:str}/agents", opt={"permission": "agents:read"}, summary="Agents of the project")
     async def agents(self, request: Request, project: str) -> list[Agent]:
-        registry = request.app.state.registry
+        # Who is connected is read before the rows: an agent's hello is
+        # stored before it counts as connected, so a row read afterwards
+        # always carries what a connected agent said (engines, version).
+        connected = request.app.state.registry.connected_ids()
         rows = await request.app.state.store.list_agents(access_of(request).project_id)
-        return [msgspec.convert({**r, "connected": registry.get(r["id"]) is not None}, Agent) for r in rows]
+        return [msgspec.convert({**r, "connected": r["id"] in connected}, Agent) for r in rows]
 
     @post("/{project:str}/agents", opt={"permission": "config:write"}, status_code=201,
           summary="New agent: its token and HMAC secret are shown once")

@@ -56,6 +56,10 @@ class AgentRegistry:
         """The agent's connections, remote ones first, then local, each oldest first."""
         return [s for s in self.remote if s.agent_id == agent_id] + self._sessions.get(agent_id, [])
 
+    def connected_ids(self) -> set[int]:
+        """The agents with a live connection (local or remote) at this moment."""
+        return {s.agent_id for s in self.remote} | {a for a, sessions in self._sessions.items() if sessions}
+
     def get(self, agent_id: int, action: str | None = None) -> AgentSession | None:
         """The newest live local connection of the agent (that declared
         ``action``), else a remote one."""
