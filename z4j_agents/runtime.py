@@ -69,6 +69,8 @@ class AgentRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._stopping = threading.Event()
+        self._flush_until = 0.0
+        """Until this time.monotonic(), a partial batch goes at once (``flush``)."""
         self._restart_in_child = False
         self.connected = threading.Event()
         self.dropped = 0
@@ -116,6 +118,7 @@ class AgentRuntime:
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is acked; True if it was."""
         deadline = time.monotonic() + timeout
+        self._flush_until = deadline  # the sender sends partial batches until then
         self._kick()
         while time.monotonic() < deadline:
             if not self._queue and not self._unacked:
@@ -321,8 +324,20 @@ class _Session:
         # with its original batch id, so the collector can drop duplicates.
         for body, _ in list(rt._unacked.values()):
             await self.send(body=body)
+        config, queue = rt.config, rt._queue
+        # A batch goes when it is full, or when ``flush_interval`` has passed
+        # since the last one went (an idle agent sends its first event at
+        # once), or when ``flush`` asks. Never on an ack alone: sending what
+        # had gathered at each ack made batches of a few events, one frame,
+        # one signature and one database commit each, all at the round trip's
+        # pace (the worker paid for it in CPU and GIL hand-offs).
+        last_sent = 0.0
         while not rt._stopping.is_set():
-            while len(rt._unacked) < rt.config.max_inflight:
+            while len(rt._unacked) < config.max_inflight and queue:
+                now = time.monotonic()
+                if (len(queue) < config.batch_size and now - last_sent < config.flush_interval
+                        and now >= rt._flush_until):
+                    break
                 nxt = rt._next_batch()
                 if nxt is None:
                     break
@@ -330,8 +345,12 @@ class _Session:
                 rt._unacked[batch_id] = (body, count)
                 await self.send(body=body)
                 rt.sent_batches += 1
+                last_sent = time.monotonic()
+            wait = config.flush_interval
+            if queue and len(rt._unacked) < config.max_inflight:
+                wait = max(0.0, last_sent + config.flush_interval - time.monotonic())
             try:
-                await asyncio.wait_for(rt._wake.wait(), timeout=rt.config.flush_interval)
+                await asyncio.wait_for(rt._wake.wait(), timeout=wait)
             except TimeoutError:
                 pass
             rt._wake.clear()
