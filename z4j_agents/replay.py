@@ -57,11 +57,18 @@ def replay_key(secret: str | bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=16)
-def _keys(secret: str | bytes) -> tuple[bytes, bytes]:
-    # Cached: an agent seals with one secret, for every task it sees.
+def _keys(secret: str | bytes) -> tuple[bytes, Any]:
+    # Cached: an agent seals with one secret, for every task it sees. The MAC
+    # is kept keyed: copying it skips the key schedule on every seal.
     key = replay_key(secret)
     return (hmac.new(key, b"enc", hashlib.sha256).digest(),
-            hmac.new(key, b"mac", hashlib.sha256).digest())
+            hmac.new(hmac.new(key, b"mac", hashlib.sha256).digest(), digestmod=hashlib.sha256))
+
+
+def _tag(keyed_mac: Any, data: bytes) -> bytes:
+    mac = keyed_mac.copy()
+    mac.update(data)
+    return mac.digest()
 
 
 def _xor(data: bytes, enc_key: bytes, nonce: bytes) -> bytes:
@@ -78,7 +85,7 @@ def seal_bytes(secret: str | bytes, plaintext: bytes, *, _flags: int = 0) -> byt
     nonce = os.urandom(_NONCE)
     head = _MAGIC + bytes((VERSION, _flags))
     body = nonce + _xor(bytes(plaintext), enc_key, nonce)
-    tag = hmac.new(mac_key, head + body, hashlib.sha256).digest()
+    tag = _tag(mac_key, head + body)
     return head + body + tag
 
 
@@ -99,7 +106,7 @@ def _open(secret: str | bytes, blob: bytes) -> tuple[bytes, int]:
         raise ReplayError(f"sealed call version {version} is not supported (want {VERSION})")
     enc_key, mac_key = _keys(secret)
     head, body, tag = blob[:_HEAD], blob[_HEAD:-_TAG], blob[-_TAG:]
-    if not hmac.compare_digest(hmac.new(mac_key, head + body, hashlib.sha256).digest(), tag):
+    if not hmac.compare_digest(_tag(mac_key, head + body), tag):
         raise ReplayError("sealed call does not verify: another agent secret sealed it, or it was altered")
     plaintext = _xor(body[_NONCE:], enc_key, body[:_NONCE])
     if flags & _COMPRESSED:
