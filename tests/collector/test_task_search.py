@@ -60,6 +60,14 @@ def test_search_follows_the_task_through_its_life(db_url, text_index):
         assert await ids(store, pid, "billing.ch") == ["pay-1"]  # name
         assert await ids(store, pid, "pay-") == ["pay-1"]  # task id
         assert await ids(store, pid, "result-77") == []
+        # a rare text made mostly of common trigrams ("bul", "ulk", "lk-" are in 2,100 rows), a
+        # row holding every trigram of a text but not the text, a trigram no row has
+        assert await ids(store, pid, "bulk-1234") == ["bulk-1234"]
+        await store.ingest([IngestItem(pid, None, [ev(10_100, "scatter-1", "received", now - 61, name="misc.scatter",
+                                                      args=["qwe", "wer", "ert", "rty"])])])
+        assert await ids(store, pid, "qwerty") == []
+        assert await ids(store, pid, "wer") == ["scatter-1"]
+        assert await ids(store, pid, "bulk-12345678") == []
         # a state change alone leaves the text as it was; the result and the
         # exception that arrive later are found
         await store.ingest([IngestItem(pid, None, [ev(10_003, "pay-1", "started", now - 59)])])
@@ -123,6 +131,35 @@ def test_search_follows_the_task_through_its_life(db_url, text_index):
 
             plan = await store.write(explain)
             assert "ix_tasks_text" in "\n".join(r[0] for r in plan), plan
+
+    with_store(db_url, run)
+
+
+def test_a_rare_text_of_common_trigrams_and_a_common_one(db_url, monkeypatch):
+    """With the index list capped at 3 rows: a text every trigram of which is common
+    ("abc", "bc-", "c-x", "-xy", "xyz" are each in 4 or more tasks) but that one task holds
+    is found (SQLite asks FTS5 for the phrase), and a common text walks; both answers match
+    the walk's."""
+    import z4j_collector.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 3)
+    migrate.upgrade(db_url)
+    now = time.time()
+    texts = ["abc-xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
+
+    async def run(store):
+        pid = await store.project_id("default")
+        await store.ingest([IngestItem(pid, None, [ev(i, f"t-{i}", "received", now - 100 + i, args=[text])
+                                                   for i, text in enumerate(texts)])])
+        answers = []
+        for indexed in (False, True):
+            await store.set_text_index(indexed)
+            answers.append((await ids(store, pid, "abc-xyz"), await ids(store, pid, "-xy"),
+                            await ids(store, pid, "abc-xyq")))
+        assert answers[0] == answers[1] == (["t-0"], ["t-8", "t-7", "t-6", "t-5", "t-0"], [])
+        if store.dialect == "sqlite":  # the phrase was read from the index, the common text walked
+            assert (await store.search_condition("abc-xyz"))[0].startswith("rowid IN")
+            assert "LIKE" in (await store.search_condition("-xy"))[0]
 
     with_store(db_url, run)
 

@@ -91,18 +91,42 @@ class SqliteStore(TextIndexSql, SqlStore):
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
         # The trigram index (z4j db text-index) finds a text of three
-        # characters or more. A rare one (the usual search: an id, an
-        # e-mail, an error) is a short list of rows; a common one would be
-        # most of the table, and the newest-first walk fills the page sooner
-        # than the list is read. Without the index, every search walks.
-        if len(text) >= 3 and await self.has_text_index():
-            phrase = '"' + text.replace('"', '""') + '"'
+        # characters or more. FTS5 answers a phrase by reading every one of
+        # its trigrams' lists, and a rare text is mostly common trigrams
+        # ("order-4242424": "ord", "rde", … are in every row). So the lists
+        # are sized first (each count stops past INDEX_LIST_MAX), the two
+        # rarest are intersected, and the rows found are checked against the
+        # text itself. When every trigram is common, the phrase says whether
+        # the text itself is rare; when it is not, the newest-first walk
+        # fills the page sooner. Without the index, every search walks.
+        like, like_params = self.like_condition(text)
+        if len(text) < 3 or not await self.has_text_index():
+            return like, like_params
+        sizes: list[tuple[int, str]] = []
+        for trigram in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)):
+            token = '"' + trigram.replace('"', '""') + '"'
             rows = await self.fetchall(
-                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, INDEX_LIST_MAX + 1)
+                "SELECT count(*) FROM (SELECT 1 FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?)",
+                (token, INDEX_LIST_MAX + 1),
             )
-            if len(rows) <= INDEX_LIST_MAX:
-                return "rowid IN (SELECT value FROM json_each(?))", [msgspec.json.encode([r[0] for r in rows]).decode()]
-        return self.like_condition(text)
+            if rows[0][0] == 0:
+                return "0", []  # a trigram no task has: nothing matches
+            sizes.append((rows[0][0], token))
+        sizes.sort()
+        if sizes[0][0] <= INDEX_LIST_MAX:
+            rows = await self.fetchall(
+                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?", (" AND ".join(t for _, t in sizes[:2]),)
+            )
+            ids = msgspec.json.encode([r[0] for r in rows]).decode()
+            return f"rowid IN (SELECT value FROM json_each(?)) AND {like}", [ids, *like_params]
+        # Every trigram is common, the text itself may not be: the phrase.
+        phrase = '"' + text.replace('"', '""') + '"'
+        rows = await self.fetchall(
+            "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, INDEX_LIST_MAX + 1)
+        )
+        if len(rows) <= INDEX_LIST_MAX:
+            return "rowid IN (SELECT value FROM json_each(?))", [msgspec.json.encode([r[0] for r in rows]).decode()]
+        return like, like_params
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
