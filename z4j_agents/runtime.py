@@ -326,8 +326,8 @@ class _Session:
             await self.send(body=body)
         config, queue = rt.config, rt._queue
         # A batch goes when it is full, or when ``flush_interval`` has passed
-        # since the last one went (an idle agent sends its first event at
-        # once), or when ``flush`` asks. Never on an ack alone: sending what
+        # since the last one went (so an event waits at most that long), or
+        # when ``flush`` asks. Never on an ack alone: sending what
         # had gathered at each ack made batches of a few events, one frame,
         # one signature and one database commit each, all at the round trip's
         # pace (the worker paid for it in CPU and GIL hand-offs).

@@ -82,3 +82,28 @@ def test_forked_child_starts_empty_and_keeps_the_parents_buffer_apart():
     os.waitpid(pid, 0)
     assert os.read(read, 100) == b"0,0"
     assert (agent.runtime.dropped, len(agent.runtime._queue)) == (1, 1)
+
+
+def test_a_steady_trickle_goes_in_batches_not_a_frame_per_ack(collector):
+    """Events that come one by one leave together: a batch when it is full, or once per
+    flush_interval, or on flush; an ack alone sends nothing (it once sent whatever had gathered:
+    a frame, a signature and a commit for every few events, at the round trip's pace)."""
+    creds = mint_agent(collector, "trickle")
+    config = AgentConfig.from_env(collector.agent_env(creds))
+    agent = Agent(config, engine="bare")
+    try:
+        assert agent.runtime.connected.wait(30), agent.runtime.last_error
+        before = agent.runtime.sent_batches
+        started = time.monotonic()
+        for i in range(400):
+            agent.task(f"tr-{i}", "received", name="trickle.task")
+            time.sleep(0.002)
+        assert agent.flush(30), agent.runtime.last_error
+        elapsed = time.monotonic() - started
+        batches = agent.runtime.sent_batches - before
+        assert 1 <= batches <= elapsed / config.flush_interval + 3, (batches, elapsed)
+        api = collector.api(mint_tokens(collector, "admin")["admin"])
+        tasks = api.get("/api/v1/projects/default/tasks", params={"limit": 1000, "name": "trickle.task"}).json()
+        assert len(tasks["tasks"]) == 400
+    finally:
+        agent.stop()
