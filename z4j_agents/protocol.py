@@ -98,7 +98,8 @@ def new_id() -> str:
     """
     # Uniqueness, not secrecy: the fast PRNG (reseeded by Python after fork)
     # costs a fraction of a urandom system call on every captured event.
-    return f"{int(time.time() * 1000):012x}{_random_bits(80):020x}"
+    # One integer formatted once: half the cost of two formatted fields.
+    return format((int(time.time() * 1000) << 80) | _random_bits(80), "032x")
 
 
 ENGINES = ("celery", "rq", "huey", "arq", "dramatiq", "taskiq")

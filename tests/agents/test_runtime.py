@@ -61,9 +61,13 @@ def test_refused_agent_keeps_retrying_and_says_why(collector):
 
 
 def test_time_ordered_ids_are_unique():
+    before = int(time.time() * 1000)
     ids = [p.new_id() for _ in range(50_000)]
+    after = int(time.time() * 1000)
     assert len(set(ids)) == len(ids)
     assert all(len(i) == 32 for i in ids)
+    # milliseconds since the epoch first (the event partitions are ranges of it), then random bits
+    assert before <= int(ids[0][:12], 16) <= int(ids[-1][:12], 16) <= after
 
 
 def test_forked_child_starts_empty_and_keeps_the_parents_buffer_apart():
