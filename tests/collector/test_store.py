@@ -162,3 +162,29 @@ async def test_agent_names_are_unique_per_project(store):
     await store.create_agent(1, "same", "a" * 64, b"k")
     with pytest.raises(Conflict, match="same"):
         await store.create_agent(1, "same", "b" * 64, b"k")
+
+
+async def test_tasks_by_id_reads_the_given_tasks_through_the_primary_key(store):
+    """The lookup of tasks by id that trends and live watchers make after ingest: unknown ids and
+    other engines left out, a repeated id read once, more ids than one statement's list takes. On
+    PostgreSQL a young table gets statistics from ingest itself, and with them the lookup probes
+    the primary key (without, any index on project_id could be read whole for every id)."""
+    now = time.time()
+    events = [ev(f"k-{i}", "received", now, name="t") for i in range(1200)]
+    await store.ingest([IngestItem(1, None, events[i:i + 600]) for i in range(0, 1200, 600)])
+    await ingest(store, ev("k-7", "received", now, engine="other", name="elsewhere"))
+    asked = [f"k-{i}" for i in range(0, 1200, 2)] + ["k-0", "nope"]
+    rows = await store.tasks_by_id(store, 1, "bare", asked, ("task_id", "name"))
+    assert sorted(rows) == sorted((f"k-{i}", "t") for i in range(0, 1200, 2))
+    assert await store.tasks_by_id(store, 1, "other", ["k-7", "k-8"], ("task_id", "name")) == [("k-7", "elsewhere")]
+    if store.dialect == "postgresql":
+        store.note_ingest()
+        await store._stats_task
+        assert (await store.fetchall("SELECT reltuples FROM pg_class WHERE relname = 'tasks'"))[0][0] > 1000
+        store.note_ingest()
+        assert store._stats_task.done()  # at most one check every STATS_CHECK_S
+        plan = await store.fetchall(
+            "EXPLAIN SELECT t.* FROM unnest(?::text[]) AS k(id), LATERAL (SELECT task_id FROM tasks "
+            "WHERE project_id = ? AND engine = ? AND task_id = k.id LIMIT 1) t", [asked, 1, "bare"])
+        text = "\n".join(r[0] for r in plan)
+        assert "pk_tasks" in text and "Nested Loop" in text, text

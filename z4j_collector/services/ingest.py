@@ -117,6 +117,7 @@ class IngestWriter:
                 if not future.done():
                     future.set_exception(exc)
             return
+        self.store.note_ingest()
         stats = self.stats
         stats.commits += 1
         newest = max((item.events[-1].ts for item, _ in group if item.events), default=None)

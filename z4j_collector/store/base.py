@@ -274,15 +274,27 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         out: list[dict[str, Any]] = []
         columns = ("project_id",) + TASK_SUMMARY_COLUMNS
         for (project_id, engine), ids in keys.items():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                found = await tx.fetchall(
-                    f"SELECT {', '.join(columns)} FROM tasks WHERE project_id = ? AND engine = ? "
-                    f"AND task_id IN ({', '.join('?' for _ in chunk)})",
-                    [project_id, engine, *chunk],
-                )
-                out.extend(dict(zip(columns, r)) for r in found)
+            found = await self.tasks_by_id(tx, project_id, engine, ids, columns)
+            out.extend(dict(zip(columns, r)) for r in found)
         return out
+
+    async def tasks_by_id(self, db: Any, project_id: int, engine: str, task_ids: Sequence[str],
+                          columns: Sequence[str]) -> list[tuple]:
+        """``columns`` of the stored tasks among ``task_ids`` (one project and
+        engine), read through the primary key; ``db`` is the store or a transaction."""
+        ids = list(dict.fromkeys(task_ids))
+        out: list[tuple] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            out.extend(await db.fetchall(
+                f"SELECT {', '.join(columns)} FROM tasks WHERE project_id = ? AND engine = ? "
+                f"AND task_id IN ({', '.join('?' for _ in chunk)})",
+                [project_id, engine, *chunk],
+            ))
+        return out
+
+    def note_ingest(self) -> None:
+        """Called after each ingest commit (PostgreSQL keeps a young table's statistics)."""
 
     async def _ingest_workers(self, tx: Tx, items: list[IngestItem]) -> list[dict[str, Any]]:
         latest: dict[tuple, tuple] = {}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -48,6 +51,14 @@ SEARCH_WORDS_MAX = 4
 """Words of a free text whose frequency is estimated (the longest ones)."""
 SEARCH_COMMON = 0.01
 """A word in more than this share of the tasks is not looked up in the index."""
+
+log = logging.getLogger("z4j.store")
+
+STATS_CHECK_S = 5.0
+"""How often, at most, ingest asks whether the tasks table needs statistics."""
+STATS_YOUNG_ROWS = 1_000_000
+"""Below this many tasks the store analyzes the table itself whenever it has
+doubled; above, autovacuum's analyze keeps up."""
 
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
@@ -95,6 +106,8 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
             url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True},
             configure=_prepare_connection,
         )
+        self._stats_due = 0.0
+        self._stats_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         try:
@@ -104,7 +117,34 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
             raise StoreError(f"cannot connect to PostgreSQL: {str(exc).splitlines()[0]}") from exc
 
     async def close(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
         await self._pool.close()
+
+    def note_ingest(self) -> None:
+        # A young tasks table has no statistics until autovacuum gets to it
+        # (a minute or more); meanwhile PostgreSQL takes it for a table of a
+        # few rows and may read a task by id through any index that starts
+        # with project_id, every task of the project for every id. So while
+        # the table is young, ingest has it analyzed whenever it has doubled.
+        now = time.monotonic()
+        if now < self._stats_due or (self._stats_task is not None and not self._stats_task.done()):
+            return
+        self._stats_due = now + STATS_CHECK_S
+        self._stats_task = asyncio.get_running_loop().create_task(self._keep_statistics())
+
+    async def _keep_statistics(self) -> None:
+        try:
+            rows = await self.fetchall(
+                "SELECT c.reltuples, coalesce(s.n_live_tup, 0) FROM pg_class c "
+                "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = 'tasks'::regclass"
+            )
+            analyzed, live = rows[0]
+            # reltuples is -1 until the first analyze; n_live_tup trails commits by a second or so
+            if analyzed < 0 or (analyzed < STATS_YOUNG_ROWS and live > 2 * max(analyzed, 50)):
+                await self.execute("ANALYZE tasks")
+        except Exception as exc:  # noqa: BLE001 - statistics are a help, never a reason to fail
+            log.warning("could not analyze the tasks table: %s", exc)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         async with self._pool.connection() as conn:
@@ -154,6 +194,18 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
         if await tx.execute(_INSERT_EVENTS) == len(rows):
             return {row[0] for row in rows}  # the usual case: nothing was stored before
         return {r[0] for r in await tx.fetchall(_NEW_EVENTS)}
+
+    async def tasks_by_id(self, db: Any, project_id: int, engine: str, task_ids: Sequence[str],
+                          columns: Sequence[str]) -> list[tuple]:
+        # One primary-key probe per id. As a list (IN or ANY) PostgreSQL may
+        # read every task of the engine and compare each with every id, a
+        # cost that grows with the table (note_ingest keeps the statistics
+        # that make the planner choose the key here).
+        return await db.fetchall(
+            f"SELECT t.* FROM unnest(?::text[]) AS k(id), LATERAL (SELECT {', '.join(columns)} FROM tasks "
+            f"WHERE project_id = ? AND engine = ? AND task_id = k.id LIMIT 1) t",
+            [list(dict.fromkeys(task_ids)), project_id, engine],
+        )
 
     async def upsert_tasks(self, tx: _Tx, rows: list[list[Any]]) -> None:
         await tx.copy_in(_COPY_TASKS, rows)

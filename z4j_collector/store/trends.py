@@ -37,16 +37,9 @@ class TrendsSql:
     async def trend_task_facts(self, project_id: int, engine: str, task_ids: Sequence[str]
                                ) -> dict[str, tuple[str | None, str | None, float | None, float | None]]:
         """task_id -> (name, queue, sent_at, started_at) of committed task rows."""
-        out: dict[str, tuple[str | None, str | None, float | None, float | None]] = {}
-        ids = list(dict.fromkeys(task_ids))
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            rows = await self.fetchall(  # type: ignore[attr-defined]
-                f"SELECT task_id, name, queue, sent_at, started_at FROM tasks WHERE project_id = ? AND engine = ? "
-                f"AND task_id IN ({', '.join('?' for _ in chunk)})", [project_id, engine, *chunk])
-            for r in rows:
-                out[r[0]] = (r[1], r[2], r[3], r[4])
-        return out
+        rows = await self.tasks_by_id(  # type: ignore[attr-defined]
+            self, project_id, engine, task_ids, ("task_id", "name", "queue", "sent_at", "started_at"))
+        return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows}
 
     async def merge_rollups(self, rows: dict[RollupKey, tuple[list[int], str | None, str | None]],
                             merge_sketch: Any) -> None:
