@@ -183,8 +183,8 @@ async def test_tasks_by_id_reads_the_given_tasks_through_the_primary_key(store):
         assert (await store.fetchall("SELECT reltuples FROM pg_class WHERE relname = 'tasks'"))[0][0] > 1000
         store.note_ingest()
         assert store._stats_task.done()  # at most one check every STATS_CHECK_S
-        plan = await store.fetchall(
-            "EXPLAIN SELECT t.* FROM unnest(?::text[]) AS k(id), LATERAL (SELECT task_id FROM tasks "
-            "WHERE project_id = ? AND engine = ? AND task_id = k.id LIMIT 1) t", [asked, 1, "bare"])
+        from z4j_collector.store.postgres import TASKS_BY_ID_SQL
+
+        plan = await store.fetchall("EXPLAIN " + TASKS_BY_ID_SQL.format(columns="task_id"), [asked, 1, "bare"])
         text = "\n".join(r[0] for r in plan)
         assert "pk_tasks" in text and "Nested Loop" in text, text

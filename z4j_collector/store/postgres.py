@@ -60,6 +60,12 @@ STATS_YOUNG_ROWS = 1_000_000
 """Below this many tasks the store analyzes the table itself whenever it has
 doubled; above, autovacuum's analyze keeps up."""
 
+TASKS_BY_ID_SQL = (
+    "SELECT t.* FROM unnest(?::text[]) AS k(id), LATERAL (SELECT {columns} FROM tasks "
+    "WHERE project_id = ? AND engine = ? AND task_id = k.id LIMIT 1) t"
+)
+"""Tasks by id (PostgresStore.tasks_by_id): a primary-key probe per id."""
+
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
 _COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
 _UPSERT_TASKS = (
@@ -201,11 +207,8 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
         # read every task of the engine and compare each with every id, a
         # cost that grows with the table (note_ingest keeps the statistics
         # that make the planner choose the key here).
-        return await db.fetchall(
-            f"SELECT t.* FROM unnest(?::text[]) AS k(id), LATERAL (SELECT {', '.join(columns)} FROM tasks "
-            f"WHERE project_id = ? AND engine = ? AND task_id = k.id LIMIT 1) t",
-            [list(dict.fromkeys(task_ids)), project_id, engine],
-        )
+        return await db.fetchall(TASKS_BY_ID_SQL.format(columns=", ".join(columns)),
+                                 [list(dict.fromkeys(task_ids)), project_id, engine])
 
     async def upsert_tasks(self, tx: _Tx, rows: list[list[Any]]) -> None:
         await tx.copy_in(_COPY_TASKS, rows)

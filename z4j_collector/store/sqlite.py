@@ -24,6 +24,11 @@ _INSERT_EVENT_SQL = (
 )
 
 
+def _fts_phrase(text: str) -> str:
+    """``text`` as an FTS5 phrase (quoted, its quotes doubled)."""
+    return '"' + text.replace('"', '""') + '"'
+
+
 class _Tx:
     def __init__(self, conn: aiosqlite.Connection) -> None:
         self.conn = conn
@@ -104,7 +109,7 @@ class SqliteStore(TextIndexSql, SqlStore):
             return like, like_params
         sizes: list[tuple[int, str]] = []
         for trigram in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)):
-            token = '"' + trigram.replace('"', '""') + '"'
+            token = _fts_phrase(trigram)
             rows = await self.fetchall(
                 "SELECT count(*) FROM (SELECT 1 FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?)",
                 (token, INDEX_LIST_MAX + 1),
@@ -113,20 +118,18 @@ class SqliteStore(TextIndexSql, SqlStore):
                 return "0", []  # a trigram no task has: nothing matches
             sizes.append((rows[0][0], token))
         sizes.sort()
-        if sizes[0][0] <= INDEX_LIST_MAX:
-            rows = await self.fetchall(
-                "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?", (" AND ".join(t for _, t in sizes[:2]),)
-            )
-            ids = msgspec.json.encode([r[0] for r in rows]).decode()
-            return f"rowid IN (SELECT value FROM json_each(?)) AND {like}", [ids, *like_params]
-        # Every trigram is common, the text itself may not be: the phrase.
-        phrase = '"' + text.replace('"', '""') + '"'
+        # Every trigram common: the text itself may not be, the phrase says.
+        rare = sizes[0][0] <= INDEX_LIST_MAX
+        query = " AND ".join(t for _, t in sizes[:2]) if rare else _fts_phrase(text)
         rows = await self.fetchall(
-            "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (phrase, INDEX_LIST_MAX + 1)
+            "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (query, INDEX_LIST_MAX + 1)
         )
-        if len(rows) <= INDEX_LIST_MAX:
-            return "rowid IN (SELECT value FROM json_each(?))", [msgspec.json.encode([r[0] for r in rows]).decode()]
-        return like, like_params
+        if len(rows) > INDEX_LIST_MAX:
+            return like, like_params
+        found = "rowid IN (SELECT value FROM json_each(?))"
+        ids = msgspec.json.encode([r[0] for r in rows]).decode()
+        # Two trigrams are not the text: what they find is checked against it.
+        return (f"{found} AND {like}", [ids, *like_params]) if rare else (found, [ids])
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
