@@ -131,12 +131,15 @@ def toasts(text: str) -> str:
 
 def type_filter(term: Terminal, words: str) -> None:
     """``/``, clear the field, type ``words``, enter; back on the table."""
-    wait(term, "the task list's table to have the focus", table_focused)
-    term.keys("/", literal=True)
-    wait(term, "the filter field to have the focus", filter_focused)
     # The field selects its text a moment after it gets the focus, and what is
-    # typed before that is replaced: type until the field reads the words.
+    # typed before that is replaced: type until the field reads the words. Once
+    # (a CI run on a loaded machine) five tries left the focused field empty:
+    # each new try leaves the field and comes back to it, and a failure says
+    # what the field read.
     for attempt in range(5):
+        wait(term, "the task list's table to have the focus", table_focused)
+        term.keys("/", literal=True)
+        wait(term, "the filter field to have the focus", filter_focused)
         term.keys("C-u")
         term.keys(words, literal=True)
         try:
@@ -144,7 +147,8 @@ def type_filter(term: Terminal, words: str) -> None:
             break
         except StepFailed:
             if attempt == 4:
-                raise
+                raise StepFailed(f"the filter field reads {field(term.pane())!r}, not {words!r}, after 5 tries") from None
+            term.keys("Escape")
     term.keys("Enter")
     wait(term, "the table to have the focus again", table_focused)
 
