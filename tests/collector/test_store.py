@@ -188,3 +188,61 @@ async def test_tasks_by_id_reads_the_given_tasks_through_the_primary_key(store):
         plan = await store.fetchall("EXPLAIN " + TASKS_BY_ID_SQL.format(columns="task_id"), [asked, 1, "bare"])
         text = "\n".join(r[0] for r in plan)
         assert "pk_tasks" in text and "Nested Loop" in text, text
+
+
+async def test_the_task_list_reads_a_rare_value_through_its_own_index(store, monkeypatch):
+    """A rare queue, a rare state and their combinations with common ones. On SQLite the store
+    picks the index itself: without statistics (SQLite's default) or with ANALYZE's averages
+    (ten million tasks in thirteen queues: every queue "is" 770,000 tasks), the planner walked
+    all ten million newest first for a queue of two hundred. Its plan is read back from the very
+    query the store runs, under both kinds of statistics."""
+    from z4j_collector.store import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 5)
+    now = time.time() - 3600
+    events = []
+    for i in range(120):
+        state = "lost" if i % 40 == 0 else "failed" if i % 5 == 0 else "succeeded"
+        events += [ev(f"r-{i:03d}", "received", now + i, name="job", queue="audit" if i % 60 == 7 else "default"),
+                   ev(f"r-{i:03d}", state, now + i + 0.5)]
+    await ingest(store, *events)
+    sqls: list[str] = []
+    fetchall = store.fetchall
+
+    async def recording(sql, params=()):
+        if sql.startswith("SELECT engine, task_id"):
+            sqls.append((sql, list(params)))
+        return await fetchall(sql, params)
+
+    monkeypatch.setattr(store, "fetchall", recording)
+    cases = [  # (query, tasks found, SQLite's index)
+        (TaskQuery(queue="audit"), ["r-067", "r-007"], "ix_tasks_queue"),
+        (TaskQuery(states=("lost",)), ["r-080", "r-040", "r-000"], "ix_tasks_state"),
+        (TaskQuery(), 120, "ix_tasks_created"),
+        (TaskQuery(since=now + 10, until=now + 20), 10, "ix_tasks_created"),
+        (TaskQuery(states=("lost",), queue="default"), ["r-080", "r-040", "r-000"], "ix_tasks_state"),  # 3 ≤ 5
+        (TaskQuery(states=("failure",), queue="default"), 21, "ix_tasks_queue"),  # both > 5: the queue's
+        (TaskQuery(states=("failure", "lost")), 24, "ix_tasks_created"),  # several states, > 5: the walk
+        (TaskQuery(states=("lost", "revoked")), ["r-080", "r-040", "r-000"], "ix_tasks_state"),
+    ]
+    for statistics in ("none", "ten million"):
+        if store.dialect == "sqlite" and statistics != "none":
+            async def misleading(tx):
+                await tx.execute("ANALYZE")
+                await tx.execute("DELETE FROM sqlite_stat1 WHERE tbl = 'tasks'")
+                n = 10_000_000
+                for index, per in (("ix_tasks_created", 1), ("ix_tasks_state", n // 8), ("ix_tasks_queue", n // 13),
+                                   ("ix_tasks_name", n // 200), ("ix_tasks_worker", n // 41),
+                                   ("ix_tasks_engine", n // 6)):
+                    await tx.execute("INSERT INTO sqlite_stat1 VALUES ('tasks', ?, ?)", (index, f"{n} {n} {per} 1"))
+            await store.write(misleading)
+            await fetchall("ANALYZE sqlite_schema")  # the reader loads them
+        for query, found, index in cases:
+            sqls.clear()
+            rows = await store.list_tasks(1, query, 200)
+            got = [r["task_id"] for r in rows]
+            assert (got if isinstance(found, list) else len(got)) == found, (query, got)
+            if store.dialect == "sqlite":
+                sql, params = sqls[-1]
+                plan = " ".join(r[3] for r in await fetchall("EXPLAIN QUERY PLAN " + sql, params))
+                assert f"USING INDEX {index} " in plan or plan.endswith(f"USING INDEX {index}"), (statistics, query, plan)

@@ -146,6 +146,12 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         the name index and the newest-first walk; SQLite overrides this."""
         return "name >= ? AND name < ?"
 
+    async def list_index(self, project_id: int, query: TaskQuery, where: list[str]) -> str:
+        """What follows ``FROM tasks`` in the task list's query: an index hint
+        where the database's planner needs one (SQLite overrides this;
+        PostgreSQL's statistics choose well)."""
+        return ""
+
     @staticmethod
     def like_condition(text: str) -> tuple[str, list[Any]]:
         condition = "(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in SEARCH_COLUMNS) + ")"
@@ -368,8 +374,9 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             # (project_id, filter, created_at) indexes seek to the page too
             where.append("created_at <= ? AND (created_at, engine, task_id) < (?, ?, ?)")
             params.extend([after[0], *after])
+        source = await self.list_index(project_id, query, where)
         sql = (
-            f"SELECT {', '.join(TASK_SUMMARY_COLUMNS)} FROM tasks WHERE {' AND '.join(where)} "
+            f"SELECT {', '.join(TASK_SUMMARY_COLUMNS)} FROM tasks{source} WHERE {' AND '.join(where)} "
             "ORDER BY created_at DESC, engine DESC, task_id DESC LIMIT ?"
         )
         params.append(limit)

@@ -10,7 +10,7 @@ import aiosqlite
 import msgspec
 
 from z4j_collector.errors import StoreError
-from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore
+from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore, TaskQuery
 from z4j_collector.store.textindex import TextIndexSql
 
 T = TypeVar("T")
@@ -18,6 +18,13 @@ INDEX_LIST_MAX = 2000
 """A free-text search or a name prefix matching at most this many tasks reads
 them through its index and sorts them; one matching more walks the task list
 newest first, where the page fills sooner than the index is read."""
+LIST_INDEXED = ("name", "worker", "queue", "state", "engine")
+"""The task list's filters with a (project_id, column, created_at) index, the
+kinds most often rare first."""
+_FOUND = "rowid IN (SELECT value FROM json_each(?))"
+"""The condition of a free text found in the text index (a short list)."""
+_FEW_NAMES = "name >= ? AND name < ?"
+"""The condition of a name prefix of few tasks, read through the name index."""
 _INSERT_EVENT_SQL = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"VALUES ({', '.join('?' for _ in INSERT_EVENT_COLUMNS)})"
@@ -126,10 +133,9 @@ class SqliteStore(TextIndexSql, SqlStore):
         )
         if len(rows) > INDEX_LIST_MAX:
             return like, like_params
-        found = "rowid IN (SELECT value FROM json_each(?))"
         ids = msgspec.json.encode([r[0] for r in rows]).decode()
         # Two trigrams are not the text: what they find is checked against it.
-        return (f"{found} AND {like}", [ids, *like_params]) if rare else (found, [ids])
+        return (f"{_FOUND} AND {like}", [ids, *like_params]) if rare else (_FOUND, [ids])
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
@@ -140,7 +146,45 @@ class SqliteStore(TextIndexSql, SqlStore):
             "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE project_id = ? AND name >= ? AND name < ? LIMIT ?)",
             (project_id, prefix, prefix + "\U0010ffff", INDEX_LIST_MAX + 1),
         )
-        return "name >= ? AND name < ?" if rows[0][0] <= INDEX_LIST_MAX else "+name >= ? AND +name < ?"
+        return _FEW_NAMES if rows[0][0] <= INDEX_LIST_MAX else "+name >= ? AND +name < ?"
+
+    async def list_index(self, project_id: int, query: TaskQuery, where: list[str]) -> str:
+        # SQLite's planner picks the task list's index from statistics it
+        # does not have (no ANALYZE: an equality then looks rare or the newest-
+        # first walk looks cheap, by the query's shape) or has as averages
+        # (after ANALYZE one queue of twelve "is" a twelfth of the table,
+        # whichever it is): a queue of two hundred tasks among ten million was
+        # found by walking all of them (6.4 s). So the store chooses:
+        # - a list already narrowed (the rows of a rare text, a prefix of few
+        #   names, one workflow): the planner reads those few and sorts them;
+        # - no equality filter: the newest-first walk (ix_tasks_created);
+        # - one: its own index, which gives its rows newest first;
+        # - several: the one matching at most INDEX_LIST_MAX tasks (fewest
+        #   first; read and sorted), else the first single value in
+        #   LIST_INDEXED's order, else the walk.
+        if query.root_id or query.parent_id or any(_FOUND in c or c == _FEW_NAMES for c in where):
+            return ""
+        asked = {"name": [query.name] if query.name and not query.name.endswith("*") else [],
+                 "worker": [query.worker] if query.worker else [], "queue": [query.queue] if query.queue else [],
+                 "state": list(query.states), "engine": [query.engine] if query.engine else []}
+        candidates = [(column, asked[column]) for column in LIST_INDEXED if asked[column]]
+        single = [column for column, values in candidates if len(values) == 1]
+        if not candidates:
+            return " INDEXED BY ix_tasks_created"
+        if len(candidates) == 1 and single:
+            return f" INDEXED BY ix_tasks_{single[0]}"
+        counts = []
+        for column, values in candidates:
+            rows = await self.fetchall(
+                f"SELECT count(*) FROM (SELECT 1 FROM tasks INDEXED BY ix_tasks_{column} WHERE project_id = ? "
+                f"AND {column} IN ({', '.join('?' for _ in values)}) LIMIT ?)",
+                (project_id, *values, INDEX_LIST_MAX + 1),
+            )
+            counts.append((rows[0][0], column))
+        fewest, column = min(counts)
+        if fewest <= INDEX_LIST_MAX:
+            return f" INDEXED BY ix_tasks_{column}"
+        return f" INDEXED BY ix_tasks_{single[0]}" if single else " INDEXED BY ix_tasks_created"
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
         # One writer holds the database (BEGIN IMMEDIATE), so "look, then
