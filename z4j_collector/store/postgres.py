@@ -31,11 +31,13 @@ def pg_sql(sql: str) -> str:
 # Bulk writes go through COPY into per-connection staging tables (emptied at
 # commit), then one INSERT … SELECT: psycopg formats COPY rows in C, which is
 # several times cheaper than binding every value of a multi-row statement.
+# Binary COPY: no escaping of every character of the text (a traceback's
+# newlines), 0.9 µs per event row against 4.1 in text.
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_events (LIKE task_events) ON COMMIT DELETE ROWS",
     "CREATE TEMP TABLE IF NOT EXISTS stage_tasks (LIKE tasks) ON COMMIT DELETE ROWS",
 )
-_COPY_EVENTS = f"COPY stage_events ({', '.join(INSERT_EVENT_COLUMNS)}) FROM STDIN"
+_COPY_EVENTS = f"COPY stage_events ({', '.join(INSERT_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _INSERT_EVENTS = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"SELECT {', '.join(INSERT_EVENT_COLUMNS)} FROM stage_events ON CONFLICT (id) DO NOTHING"
@@ -67,7 +69,7 @@ TASKS_BY_ID_SQL = (
 """Tasks by id (PostgresStore.tasks_by_id): a primary-key probe per id."""
 
 _TASK_COLUMNS = ", ".join(taskmerge.TASK_COLUMNS)
-_COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN"
+_COPY_TASKS = f"COPY stage_tasks ({_TASK_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _UPSERT_TASKS = (
     f"INSERT INTO tasks ({_TASK_COLUMNS}) SELECT {_TASK_COLUMNS} FROM stage_tasks "
     f"ON CONFLICT {UPSERT_TASK_SQL.split(' ON CONFLICT ', 1)[1]}"
@@ -95,9 +97,10 @@ class _Tx:
         cur = await self.conn.execute(pg_sql(sql), params)
         return list(await cur.fetchall())
 
-    async def copy_in(self, copy_sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    async def copy_in(self, copy_sql: str, types: Sequence[int], rows: Sequence[Sequence[Any]]) -> None:
         async with self.conn.cursor() as cur:
             async with cur.copy(copy_sql) as copy:
+                copy.set_types(types)
                 for row in rows:
                     await copy.write_row(row)
 
@@ -114,6 +117,7 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
         )
         self._stats_due = 0.0
         self._stats_task: asyncio.Task[None] | None = None
+        self._column_types: dict[tuple[str, tuple[str, ...]], list[int]] = {}
 
     async def open(self) -> None:
         try:
@@ -195,8 +199,18 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
         doc = json.loads(doc) if isinstance(doc, str) else doc
         return float(doc[0]["Plan"]["Plan Rows"])
 
+    async def _types(self, tx: _Tx, table: str, columns: Sequence[str]) -> list[int]:
+        """The type oids of ``columns`` of ``table``, as binary COPY needs them (read once)."""
+        key = (table, tuple(columns))
+        if key not in self._column_types:
+            rows = await tx.fetchall("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = ?::regclass "
+                                     "AND attnum > 0 AND NOT attisdropped", (table,))
+            oids = dict(rows)
+            self._column_types[key] = [oids[column] for column in columns]
+        return self._column_types[key]
+
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
-        await tx.copy_in(_COPY_EVENTS, rows)
+        await tx.copy_in(_COPY_EVENTS, await self._types(tx, "task_events", INSERT_EVENT_COLUMNS), rows)
         if await tx.execute(_INSERT_EVENTS) == len(rows):
             return {row[0] for row in rows}  # the usual case: nothing was stored before
         return {r[0] for r in await tx.fetchall(_NEW_EVENTS)}
@@ -211,5 +225,5 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
                                  [list(dict.fromkeys(task_ids)), project_id, engine])
 
     async def upsert_tasks(self, tx: _Tx, rows: list[list[Any]]) -> None:
-        await tx.copy_in(_COPY_TASKS, rows)
+        await tx.copy_in(_COPY_TASKS, await self._types(tx, "tasks", taskmerge.TASK_COLUMNS), rows)
         await tx.execute(_UPSERT_TASKS)
