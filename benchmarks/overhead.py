@@ -16,6 +16,11 @@ without and R times with the agent, alternating, in one invocation:
 - after an agent run, how many of the run's tasks the collector stores as
   succeeded (the agent really worked);
 - medians of the R runs, the ratio with/without, a table or ``--json``.
+
+``--collector-core N`` runs the collector alone on core N and everything else
+(redis-server, the worker, this script) on the other cores, in both kinds of
+run: the collector's CPU then stays out of the worker's way, as it does when
+the collector has its own host. Without it every process shares every core.
 """
 
 from __future__ import annotations
@@ -96,6 +101,15 @@ def tree_cpu(root: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pid: int, cores: set[int]) -> None:
+    """Every thread of process ``pid`` on ``cores`` (threads it starts later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cores)
+        except ProcessLookupError:
+            pass  # a thread that just ended
+
+
 def worker_env(bench: Bench, agent_env: dict[str, str] | None, redis_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("Z4J_") or k == "Z4J_HOME"}
     env.update(agent_env or {})
@@ -119,7 +133,9 @@ def run_once(bench: Bench, args: argparse.Namespace, agent_env: dict[str, str] |
     cpu_at_start = None
     count = None
     try:
-        while redis_client.get(f"{key}:end") is None:
+        # Both markers: with several worker processes the one that took the
+        # start marker may run it after another has run the end marker.
+        while redis_client.get(f"{key}:end") is None or redis_client.get(f"{key}:start") is None:
             if proc.poll() is not None:
                 raise RuntimeError(f"the {bench.engine} {bench.worker} exited {proc.returncode}: see {log}")
             if time.monotonic() > deadline:
@@ -147,6 +163,8 @@ def run_once(bench: Bench, args: argparse.Namespace, agent_env: dict[str, str] |
         count = stored()
     start = float(redis_client.get(f"{key}:start"))
     end = float(redis_client.get(f"{key}:end"))
+    if end <= start:
+        raise RuntimeError(f"the start marker ran {start - end:.3f} s after the end marker: the run measures nothing")
     result = {"agent": agent_env is not None, bench.names["rate"]: round(n / (end - start), 1),
               "seconds": round(end - start, 3), bench.names["cpu"]: round(worker_cpu * 1000 / n, 3),
               "collector_cpu_s": round(collector_cpu, 2)}
@@ -173,9 +191,15 @@ def parse(bench: Bench, argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(f"--{bench.unit}s", dest="n", type=int, default=bench.default_n,
                         help=f"no-op {bench.unit}s per run")
     parser.add_argument("--runs", type=int, default=3, help=f"runs with and runs without the {bench.agent}")
+    parser.add_argument("--collector-core", type=int, metavar="N",
+                        help="the collector alone on core N, every other process on the other cores")
     bench.options(parser)
     parser.add_argument("--json", action="store_true")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    cores = os.sched_getaffinity(0)
+    if args.collector_core is not None and (args.collector_core not in cores or len(cores) < 2):
+        parser.error(f"--collector-core must be one of this machine's cores {sorted(cores)}, and not its only one")
+    return args
 
 
 def measure(bench: Bench, args: argparse.Namespace) -> dict:
@@ -193,6 +217,11 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict:
         args.redis_url = server.url
         redis_client = redis.Redis.from_url(server.url)
         collector = Collector(f"sqlite:///{workdir}/z4j.db", workdir).start()
+        if args.collector_core is not None:
+            others = os.sched_getaffinity(0) - {args.collector_core}
+            pin(collector.proc.pid, {args.collector_core})
+            pin(server.proc.pid, others)
+            pin(os.getpid(), others)  # the workers started from here inherit it
         try:
             agent_env = collector.agent_env(collector.create_agent("bench"))
             api = httpx.Client(base_url=collector.url, timeout=30,
@@ -221,6 +250,7 @@ def measure(bench: Bench, args: argparse.Namespace) -> dict:
         f"{bench.unit}s": args.n, "runs": args.runs, **bench.settings(args),
         "without_agent": {rate: without, "runs": runs["without"]},
         "with_agent": {rate: with_agent, "runs": runs["with"]},
+        "collector_core": args.collector_core,
         "ratio": round(with_agent / without, 3),
         cpu: {label: statistics.median(r[cpu] for r in runs[label]) for label in ("without", "with")},
         "overhead_pct": round((1 - with_agent / without) * 100, 1),

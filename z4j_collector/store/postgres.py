@@ -38,6 +38,7 @@ _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS stage_tasks (LIKE tasks) ON COMMIT DELETE ROWS",
 )
 _COPY_EVENTS = f"COPY stage_events ({', '.join(INSERT_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_EVENTS_STRAIGHT = f"COPY task_events ({', '.join(INSERT_EVENT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _INSERT_EVENTS = (
     f"INSERT INTO task_events ({', '.join(INSERT_EVENT_COLUMNS)}) "
     f"SELECT {', '.join(INSERT_EVENT_COLUMNS)} FROM stage_events ON CONFLICT (id) DO NOTHING"
@@ -210,7 +211,17 @@ class PostgresStore(PartitionsSql, TextIndexSql, SqlStore):
         return self._column_types[key]
 
     async def insert_events(self, tx: _Tx, rows: list[tuple]) -> set[str]:
-        await tx.copy_in(_COPY_EVENTS, await self._types(tx, "task_events", INSERT_EVENT_COLUMNS), rows)
+        types = await self._types(tx, "task_events", INSERT_EVENT_COLUMNS)
+        # The usual case, no event stored before: straight into task_events,
+        # in a savepoint. A batch sent again after a reconnect meets a key
+        # already there; then through the staging table, which keeps the new.
+        try:
+            async with tx.conn.transaction():
+                await tx.copy_in(_COPY_EVENTS_STRAIGHT, types, rows)
+            return {row[0] for row in rows}
+        except psycopg.errors.UniqueViolation:
+            pass
+        await tx.copy_in(_COPY_EVENTS, types, rows)
         if await tx.execute(_INSERT_EVENTS) == len(rows):
             return {row[0] for row in rows}  # the usual case: nothing was stored before
         return {r[0] for r in await tx.fetchall(_NEW_EVENTS)}
