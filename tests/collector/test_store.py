@@ -126,15 +126,24 @@ async def test_filters_and_keyset_paging(store):
     assert await ids(search="100%") == []  # LIKE wildcards in the needle are literal
     assert set(await ids(states=("failure",), since=base + 20, until=base + 40)) == {"t21", "t28", "t35"}
 
-    seen, after = [], None
-    while True:
-        page = await store.list_tasks(1, TaskQuery(), 7, after)
-        if not page:
-            break
-        seen += [r["task_id"] for r in page]
-        last = page[-1]
-        after = (last["created_at"], last["engine"], last["task_id"])
-    assert seen == await ids()
+    async def pages(query):
+        seen, after = [], None
+        while True:
+            page = await store.list_tasks(1, query, 7, after)
+            if not page:
+                return seen
+            seen += [r["task_id"] for r in page]
+            last = page[-1]
+            after = (last["created_at"], last["engine"], last["task_id"])
+
+    assert await pages(TaskQuery()) == await ids()
+    # inside a time range (the cursor or the range's end is the upper bound, whichever is lower)
+    in_range = TaskQuery(since=base + 10, until=base + 40)
+    assert await pages(in_range) == await ids(since=base + 10, until=base + 40) == [
+        f"t{i:02d}" for i in range(39, 9, -1)]
+    assert await store.list_tasks(1, in_range, 7, (base + 50, "bare", "t50")) == (
+        await store.list_tasks(1, in_range, 7))  # a cursor above the range: its first page
+    assert await store.list_tasks(1, in_range, 7, (base + 5, "bare", "t05")) == []  # below it: nothing
 
 
 async def test_workers_and_queues_keep_the_latest_report(store):

@@ -362,14 +362,18 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         if query.since is not None:
             where.append("created_at >= ?")
             params.append(query.since)
-        if query.until is not None:
+        # A keyset page inside a time range: one upper bound, the tighter (an
+        # index range has one; given both, SQLite took "until" and read the
+        # whole range below it, checking the cursor on every row).
+        cursor_first = after is not None and (query.until is None or after[0] < query.until)
+        if query.until is not None and not cursor_first:
             where.append("created_at < ?")
             params.append(query.until)
         if query.search:
             condition, values = await self.search_condition(query.search)
             where.append(condition)
             params.extend(values)
-        if after is not None:
+        if cursor_first:
             # created_at <= … repeats the first term on its own, so the
             # (project_id, filter, created_at) indexes seek to the page too
             where.append("created_at <= ? AND (created_at, engine, task_id) < (?, ?, ?)")
