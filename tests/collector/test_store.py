@@ -255,3 +255,69 @@ async def test_the_task_list_reads_a_rare_value_through_its_own_index(store, mon
                 sql, params = sqls[-1]
                 plan = " ".join(r[3] for r in await fetchall("EXPLAIN QUERY PLAN " + sql, params))
                 assert f"USING INDEX {index} " in plan or plan.endswith(f"USING INDEX {index}"), (statistics, query, plan)
+
+
+async def test_a_bulk_write_of_many_rows_applies_them_in_order(store):
+    # SQLite sends an INSERT … VALUES of many rows as statements of up to
+    # ROWS_PER_STATEMENT rows; an upsert that meets its own earlier row, in
+    # the same statement or the next, must update it, as row by row would:
+    # here the last row of a name wins.
+    last_wins = ("INSERT INTO queues (project_id, engine, name, depth, updated_at, agent_id) "
+                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (project_id, engine, name) DO UPDATE SET depth = excluded.depth")
+    rows = [(1, "bare", f"q{i % 700}", i, 1.0, None) for i in range(2500)]
+    await store.write(lambda tx: tx.executemany(last_wins, rows))
+    depths = {r["name"]: r["depth"] for r in await store.list_queues(1)}
+    assert len(depths) == 700
+    assert depths == {f"q{n}": max(i for i in range(2500) if i % 700 == n) for n in range(700)}
+
+
+async def test_an_inline_write_that_awaits_anything_else_is_refused_and_stores_nothing(store):
+    # Ingest's transaction runs whole in SQLite's writer thread: it may await
+    # its own statements only. Anything else is a programming error, said
+    # plainly, and the transaction rolls back.
+    import asyncio
+
+    async def strays(tx):
+        await tx.execute("UPDATE projects SET name = 'changed' WHERE id = 1")
+        await asyncio.sleep(0)
+
+    name = (await store.fetchone("SELECT name FROM projects WHERE id = 1"))[0]
+    if store.dialect == "sqlite":
+        with pytest.raises(RuntimeError, match="awaited something other than its statements"):
+            await store.write_inline(strays)
+    else:
+        await store.write_inline(strays)  # PostgreSQL: an ordinary transaction
+        await store.execute("UPDATE projects SET name = ? WHERE id = 1", (name,))
+    assert (await store.fetchone("SELECT name FROM projects WHERE id = 1"))[0] == name
+    await ingest(store, ev("x", "received", time.time(), name="n"))  # the writer still works
+    assert (await store.get_task(1, "x"))["name"] == "n"
+
+
+async def test_sqlite_checkpoints_its_log_in_the_background(db_url, tmp_path):
+    # The writer's commits never copy the log into the database below 80 MB
+    # of log; a connection of its own does, after ingest commits.
+    if not db_url.startswith("sqlite"):
+        pytest.skip("SQLite's write-ahead log")
+    import asyncio
+    from z4j_collector.store import sqlite
+
+    migrate.upgrade(db_url)
+    store = make_store(db_url)
+    await store.open()
+    try:
+        t = time.time()
+        await ingest(store, *(ev(f"t{i}", "received", t, name="n", args=["x" * 500]) for i in range(3000)))
+        assert await store._writer.call(
+            lambda: store._writer.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        ) == sqlite.WRITER_AUTOCHECKPOINT_PAGES
+        path = tmp_path / "z4j.db"
+        before = path.stat().st_size  # the commit left its pages in the log
+        store.note_ingest()
+        first = store._checkpoint
+        assert first is not None
+        await asyncio.wait_for(first, 30)
+        assert path.stat().st_size > before + 1_000_000  # copied into the database
+        store.note_ingest()  # within CHECKPOINT_EVERY_S of the last: none now
+        assert store._checkpoint is first
+    finally:
+        await store.close()

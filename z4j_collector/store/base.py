@@ -127,6 +127,11 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         """Run ``fn`` in one write transaction; commit when it returns."""
         raise NotImplementedError
 
+    async def write_inline(self, fn: Callable[[Tx], Awaitable[T]]) -> T:
+        """``write`` for a transaction that awaits nothing but its statements
+        (SQLite runs it whole in its writer thread)."""
+        return await self.write(fn)
+
     async def insert_events(self, tx: Tx, rows: list[tuple]) -> set[str]:
         """Insert task event rows; return the ids that were new."""
         raise NotImplementedError
@@ -223,7 +228,7 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         live client is subscribed) the merged rows of changed tasks are read
         back in the same transaction.
         """
-        return await self.write(lambda tx: self._ingest(tx, items, watched))
+        return await self.write_inline(lambda tx: self._ingest(tx, items, watched))
 
     async def _ingest(self, tx: Tx, items: list[IngestItem], watched: frozenset[int]) -> IngestResult:
         now = time.time()

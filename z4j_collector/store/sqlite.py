@@ -1,9 +1,25 @@
-"""SQLite (embedded default) through aiosqlite: one writer, one reader, WAL."""
+"""SQLite (embedded default): one writer thread, one reader, WAL.
+
+The writer is a plain ``sqlite3`` connection owned by one thread of its own:
+every write transaction's statements run there, in order. Ingest's
+transaction runs there whole, in one call (``write_inline``): the ingest
+writer is the collector's bottleneck, and each statement sent from the event
+loop waited for the loop's turn (behind the verification and redaction of
+other batches) before the next could start. WAL checkpoints run on a third
+connection in the background, so the writer's commits never copy the log
+into the database themselves.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
+import sqlite3
+import time
+from itertools import chain
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -14,6 +30,20 @@ from z4j_collector.store.base import INSERT_EVENT_COLUMNS, SqlStore, TaskQuery
 from z4j_collector.store.textindex import TextIndexSql
 
 T = TypeVar("T")
+log = logging.getLogger("z4j.collector.store")
+PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON",
+           "cache_size=-65536", "temp_store=MEMORY", "journal_size_limit=67108864")
+"""Every connection's settings. WAL + NORMAL: durable across process crashes
+(SIGKILL); the last commits may roll back on power loss (docs/production.md).
+The log file is cut back to 64 MB when it restarts."""
+WRITER_AUTOCHECKPOINT_PAGES = 20_000
+"""The writer checkpoints the log itself only when the background checkpoints
+have fallen this far behind (80 MB of 4 KB pages; SQLite's default is 1,000)."""
+ROWS_PER_STATEMENT = 1000
+"""Rows an INSERT … VALUES sends per statement (see ``_InlineTx.executemany``)."""
+_ONE_ROW = re.compile(r"VALUES (\((?:\?, )*\?\))")
+CHECKPOINT_EVERY_S = 0.25
+"""At most one background checkpoint per this many seconds, after an ingest commit."""
 INDEX_LIST_MAX = 2000
 """A free-text search or a name prefix matching at most this many tasks reads
 them through its index and sorts them; one matching more walks the task list
@@ -36,20 +66,93 @@ def _fts_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-class _Tx:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+class _WriterThread:
+    """The writer connection and the one thread that runs everything on it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="z4j-sqlite-writer")
+        self.conn: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def open(self, path: str) -> None:
+        def connect() -> None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            for pragma in (*PRAGMAS, f"wal_autocheckpoint={WRITER_AUTOCHECKPOINT_PAGES}"):
+                conn.execute(f"PRAGMA {pragma}")
+            self.conn = conn
+
+        await self.call(connect)
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            await self.call(self.conn.close)
+            self.conn = None
+        self._pool.shutdown(wait=True)
+
+
+class _InlineTx:
+    """A write transaction's statements, run at once: in the writer's thread."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        cur = await self.conn.execute(sql, params)
-        return cur.rowcount
+        return self.conn.execute(sql, params).rowcount
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self.conn.executemany(sql, rows)
+        # ``executemany`` steps once per row, and each step lets go of the GIL
+        # and must take it back: while the event loop's thread verifies and
+        # redacts other batches, every take waits for its switch interval
+        # (5 ms). An INSERT … VALUES goes as a few statements of up to
+        # ROWS_PER_STATEMENT rows each instead (rows are still applied in
+        # order, so an upsert meeting its own earlier row updates it).
+        one = _ONE_ROW.search(sql)
+        if one is None or len(rows) < 2:
+            self.conn.executemany(sql, rows)
+            return
+        limit = self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(1, one.group(1).count("?"))
+        per = max(1, min(ROWS_PER_STATEMENT, limit))
+        statements: dict[int, str] = {}
+        for start in range(0, len(rows), per):
+            part = rows[start:start + per]
+            text = statements.get(len(part))
+            if text is None:
+                values = "VALUES " + ", ".join([one.group(1)] * len(part))
+                text = statements[len(part)] = sql[:one.start()] + values + sql[one.end():]
+            self.conn.execute(text, list(chain.from_iterable(part)))
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        async with self.conn.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return self.conn.execute(sql, params).fetchall()
+
+
+class _Tx:
+    """The same statements sent from the event loop, each to the writer's thread."""
+
+    def __init__(self, writer: _WriterThread) -> None:
+        self.writer = writer
+        assert writer.conn is not None, "store is not open"
+        self.inline = _InlineTx(writer.conn)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self.writer.call(_run, self.inline.execute(sql, params))
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.writer.call(_run, self.inline.executemany(sql, rows))
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return await self.writer.call(_run, self.inline.fetchall(sql, params))
+
+
+def _run(coro: Awaitable[T]) -> T:
+    """Run a coroutine that never waits (it only awaits ``_InlineTx``) to its end, here."""
+    try:
+        coro.send(None)  # type: ignore[attr-defined]
+    except StopIteration as done:
+        return done.value
+    coro.close()  # type: ignore[attr-defined]
+    raise RuntimeError("an inline write transaction awaited something other than its statements")
 
 
 class SqliteStore(TextIndexSql, SqlStore):
@@ -57,32 +160,58 @@ class SqliteStore(TextIndexSql, SqlStore):
 
     def __init__(self, url: str) -> None:
         self.path = url[len("sqlite:///"):]
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: _WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._checkpointer: aiosqlite.Connection | None = None
+        self._checkpoint: asyncio.Task[None] | None = None
+        self._checkpoint_due = 0.0
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
         try:
-            self._writer = await self._connect()
+            self._writer = _WriterThread()
+            await self._writer.open(self.path)
             self._reader = await self._connect()
+            self._checkpointer = await self._connect()
         except Exception as exc:  # noqa: BLE001
+            await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
-        # WAL + NORMAL: durable across process crashes (SIGKILL); the last
-        # commits may roll back on power loss (docs/production.md).
-        pragmas = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=ON",
-                   "cache_size=-65536", "temp_store=MEMORY")
-        for pragma in pragmas:
+        for pragma in PRAGMAS:
             await conn.execute(f"PRAGMA {pragma}")
         return conn
 
     async def close(self) -> None:
-        for conn in (self._writer, self._reader):
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+            self._checkpoint = None
+        for conn in (self._reader, self._checkpointer):
             if conn is not None:
                 await conn.close()
-        self._writer = self._reader = None
+        if self._writer is not None:
+            await self._writer.close()
+        self._writer = self._reader = self._checkpointer = None
+
+    def note_ingest(self) -> None:
+        # The log is copied into the database by a connection of its own,
+        # one checkpoint at a time (PASSIVE: it never waits for, nor holds
+        # up, the writer), instead of by the commit that crossed SQLite's
+        # 1,000-page mark, which made every few ingest commits that much longer.
+        now = time.monotonic()
+        if now < self._checkpoint_due or (self._checkpoint is not None and not self._checkpoint.done()):
+            return
+        self._checkpoint_due = now + CHECKPOINT_EVERY_S
+        self._checkpoint = asyncio.create_task(self._checkpoint_wal(), name="z4j-sqlite-checkpoint")
+
+    async def _checkpoint_wal(self) -> None:
+        if self._checkpointer is None:
+            return
+        try:
+            await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except Exception as exc:  # noqa: BLE001 - the writer's own checkpoint is the fallback
+            log.warning("background checkpoint failed: %s", exc)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         assert self._reader is not None, "store is not open"
@@ -92,14 +221,32 @@ class SqliteStore(TextIndexSql, SqlStore):
     async def write(self, fn: Callable[[_Tx], Awaitable[T]]) -> T:
         assert self._writer is not None, "store is not open"
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            tx = _Tx(self._writer)
+            await tx.execute("BEGIN IMMEDIATE")
             try:
-                result = await fn(_Tx(self._writer))
+                result = await fn(tx)
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                await tx.execute("ROLLBACK")
                 raise
-            await self._writer.execute("COMMIT")
+            await tx.execute("COMMIT")
             return result
+
+    async def write_inline(self, fn: Callable[[_InlineTx], Awaitable[T]]) -> T:
+        assert self._writer is not None and self._writer.conn is not None, "store is not open"
+        conn = self._writer.conn
+
+        def transaction() -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = _run(fn(_InlineTx(conn)))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        async with self._lock:
+            return await self._writer.call(transaction)
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
         # The trigram index (z4j db text-index) finds a text of three
