@@ -293,31 +293,25 @@ async def test_an_inline_write_that_awaits_anything_else_is_refused_and_stores_n
     assert (await store.get_task(1, "x"))["name"] == "n"
 
 
-async def test_sqlite_checkpoints_its_log_in_the_background(db_url, tmp_path):
+async def test_sqlite_checkpoints_its_log_in_the_background(store, tmp_path):
     # The writer's commits never copy the log into the database below 80 MB
     # of log; a connection of its own does, after ingest commits.
-    if not db_url.startswith("sqlite"):
+    if store.dialect != "sqlite":
         pytest.skip("SQLite's write-ahead log")
     import asyncio
     from z4j_collector.store import sqlite
 
-    migrate.upgrade(db_url)
-    store = make_store(db_url)
-    await store.open()
-    try:
-        t = time.time()
-        await ingest(store, *(ev(f"t{i}", "received", t, name="n", args=["x" * 500]) for i in range(3000)))
-        assert await store._writer.call(
-            lambda: store._writer.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
-        ) == sqlite.WRITER_AUTOCHECKPOINT_PAGES
-        path = tmp_path / "z4j.db"
-        before = path.stat().st_size  # the commit left its pages in the log
-        store.note_ingest()
-        first = store._checkpoint
-        assert first is not None
-        await asyncio.wait_for(first, 30)
-        assert path.stat().st_size > before + 1_000_000  # copied into the database
-        store.note_ingest()  # within CHECKPOINT_EVERY_S of the last: none now
-        assert store._checkpoint is first
-    finally:
-        await store.close()
+    t = time.time()
+    await ingest(store, *(ev(f"t{i}", "received", t, name="n", args=["x" * 500]) for i in range(3000)))
+    assert await store._writer.call(
+        lambda: store._writer.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+    ) == sqlite.WRITER_AUTOCHECKPOINT_PAGES
+    path = tmp_path / "z4j.db"
+    before = path.stat().st_size  # the commit left its pages in the log
+    store.note_ingest()
+    first = store._checkpoint
+    assert first is not None
+    await asyncio.wait_for(first, 30)
+    assert path.stat().st_size > before + 1_000_000  # copied into the database
+    store.note_ingest()  # within CHECKPOINT_EVERY_S of the last: none now
+    assert store._checkpoint is first
