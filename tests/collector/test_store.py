@@ -315,3 +315,22 @@ async def test_sqlite_checkpoints_its_log_in_the_background(store, tmp_path):
     assert path.stat().st_size > before + 1_000_000  # copied into the database
     store.note_ingest()  # within CHECKPOINT_EVERY_S of the last: none now
     assert store._checkpoint is first
+
+
+async def test_a_command_answered_before_it_is_marked_sent_keeps_its_result_and_its_send_time(store):
+    # The agent may answer before the collector has noted the send: the
+    # command stays closed with its result, and still says when it went out.
+    agent = await store.create_agent(1, p.new_id(), p.new_id(), b"k" * 32)
+    t0 = time.time()
+    for command_id in ("fast", "usual"):
+        await store.write(lambda tx, c=command_id: store.insert_command(tx, c, 1, agent, "echo", {"x": 1}, "op"))
+    sent_at = time.time()
+    assert await store.write(lambda tx: store.command_finished(tx, "fast", "succeeded", {"ok": 1}, None, agent))
+    await store.command_dispatched("fast", sent_at)
+    await store.command_dispatched("usual", sent_at)
+    fast, usual = await store.get_command(1, "fast"), await store.get_command(1, "usual")
+    assert fast["state"] == "succeeded" and fast["result"] == {"ok": 1}
+    assert fast["finished_at"] >= fast["dispatched_at"] == sent_at >= fast["created_at"] >= t0
+    assert usual["state"] == "dispatched" and usual["dispatched_at"] == sent_at and usual["finished_at"] is None
+    await store.command_dispatched("usual", sent_at + 5)  # noted once
+    assert (await store.get_command(1, "usual"))["dispatched_at"] == sent_at

@@ -233,15 +233,17 @@ def mint_agent(collector: Collector, name: str, project: str = "default") -> dic
             "brain_url": collector.url}
 
 
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+def wait_until(predicate, timeout: float = 15.0, what: str = "condition", log=None):
+    """Poll ``predicate`` until it returns something truthy; fail the test after
+    ``timeout`` (with the end of ``log()``, a process's log, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            tail = f"; its log ends:\n{log()[-3000:]}" if log is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{tail}")
         time.sleep(0.05)
 
 

@@ -20,11 +20,14 @@ def screen_text(app: App) -> str:
 
 
 async def until(pilot, predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll (generous: the machine may be loaded) until ``predicate()`` holds."""
+    """Poll (generous: the machine may be loaded) until ``predicate()`` holds;
+    a timeout says what the screen showed."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            app = pilot.app
+            raise AssertionError(f"timed out waiting for {what}; focus {app.focused!r}, "
+                                 f"screen {app.screen!r}:\n{screen_text(app)}")
         await pilot.pause(0.05)
 
 

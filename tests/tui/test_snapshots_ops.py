@@ -163,7 +163,9 @@ async def audit_ready(pilot) -> None:
 async def purge_dialog(pilot) -> None:
     await rows_ready(3)(pilot)
     await pilot.press("down", "p")
-    await until(pilot, lambda: pilot.app.screen.query("#purge-name"), "the purge form")
+    # The form exists before it has focused its first field: keys typed then
+    # would go to the screen instead.
+    await until(pilot, lambda: getattr(pilot.app.focused, "id", None) == "purge-name", "the purge form's focus")
     await pilot.press(*"billing.charge", "tab", *"1h", "enter")
     await until(pilot, lambda: pilot.app.screen.query("#confirm"), "the confirmation")
 

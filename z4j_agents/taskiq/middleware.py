@@ -48,6 +48,9 @@ from z4j_agents.taskiq.call import seal_message
 log = logging.getLogger("z4j.taskiq")
 BOOTSTRAP_LINE = "z4j worker bootstrap: agent runtime started"
 SCHEDULER_LINE = "z4j scheduler bootstrap: agent runtime started"
+# taskiq gives the broker's shutdown (our middleware's included) --shutdown-timeout,
+# 5 s by default, then the process exits whatever is still in flight.
+SHUTDOWN_FLUSH_S = 4.0
 
 SENT_AT, PARENT, ROOT, RETRY_OF = "z4j_sent_at", "z4j_parent_id", "z4j_root_id", "z4j_retry_of"
 Z4J_LABELS = (SENT_AT, PARENT, ROOT, RETRY_OF)
@@ -166,8 +169,10 @@ class Z4JMiddleware(TaskiqMiddleware):
             return
         try:
             agent.worker_event("offline")
-            # Flushing waits for the collector's ack: off the loop, in a thread.
-            flushed = await asyncio.get_running_loop().run_in_executor(None, agent.stop, 5.0)
+            # Flushing waits for the collector's ack: off the loop, in a thread,
+            # and inside taskiq's own limit on the broker's shutdown, so that a
+            # flush that cannot finish is said before the process exits.
+            flushed = await asyncio.get_running_loop().run_in_executor(None, agent.stop, SHUTDOWN_FLUSH_S)
             if not flushed:
                 log.warning("z4j taskiq: %d event(s) not delivered at shutdown", agent.runtime.pending)
         except Exception:  # noqa: BLE001

@@ -8,6 +8,7 @@ the action (``dispatched``), and closed by the agent's result
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from z4j_agents import protocol as p
@@ -65,8 +66,9 @@ class CommandService:
         self._waiters[command_id] = done
         asyncio.get_running_loop().call_later(self.timeout_s, self._expire, command_id)
         try:
+            sent_at = time.time()
             await session.send_command(p.Command(command_id=command_id, action=action, args=args, engine=engine))
-            await self.store.command_dispatched(command_id)
+            await self.store.command_dispatched(command_id, sent_at)
         except Exception as exc:  # noqa: BLE001 - the agent went away while we sent
             await self._finish(command_id, "failed", None, f"could not reach the agent: {exc}")
         if wait_s > 0:

@@ -493,10 +493,14 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             (command_id, project_id, agent_id, action, _json_encode(args).decode(), requested_by, time.time()),
         )
 
-    async def command_dispatched(self, command_id: str) -> None:
+    async def command_dispatched(self, command_id: str, sent_at: float) -> None:
+        """Note when the command went to its agent. Its result may already be
+        in (the agent answered before this ran): the time is kept, the state too."""
         await self.execute(
-            "UPDATE commands SET state = 'dispatched', dispatched_at = ? WHERE id = ? AND state = 'pending'",
-            (time.time(), command_id),
+            "UPDATE commands SET dispatched_at = ?, "
+            "state = CASE WHEN state = 'pending' THEN 'dispatched' ELSE state END "
+            "WHERE id = ? AND dispatched_at IS NULL",
+            (sent_at, command_id),
         )
 
     async def command_finished(

@@ -149,5 +149,6 @@ def test_heartbeats_then_warm_shutdown_marks_both_processes_offline(world):
     time.sleep(0.2)
     Redis.from_url(stack.redis_url).lpush("taskiq", b"wake-up", b"wake-up")
     assert proc.proc.wait(60) == 0
-    wait_until(lambda: all(stack.workers()[n]["state"] == "offline" for n in names), 15, "workers offline")
+    wait_until(lambda: all(stack.workers()[n]["state"] == "offline" for n in names), 15, "workers offline",
+               log=proc.log)
     assert stack.connections() == 2
