@@ -16,6 +16,7 @@ import asyncio
 import logging
 import re
 import sqlite3
+import sys
 import time
 from itertools import chain
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,12 @@ ROWS_PER_STATEMENT = 1000
 _ONE_ROW = re.compile(r"VALUES (\((?:\?, )*\?\))")
 CHECKPOINT_EVERY_S = 0.25
 """At most one background checkpoint per this many seconds, after an ingest commit."""
+SWITCH_INTERVAL_S = 0.001
+"""The process's GIL switch interval while a SQLite store is open (CPython's
+default is 5 ms): the writer's thread lets go of the GIL for every statement
+and must take it back from the event loop's thread, which holds it while it
+verifies and redacts the next batches; each take waits up to this long
+(docs/performance.md, "the GIL's switch interval")."""
 INDEX_LIST_MAX = 2000
 """A free-text search or a name prefix matching at most this many tasks reads
 them through its index and sorts them; one matching more walks the task list
@@ -171,6 +178,7 @@ class SqliteStore(TextIndexSql, SqlStore):
         try:
             self._writer = _WriterThread()
             await self._writer.open(self.path)
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
             self._reader = await self._connect()
             self._checkpointer = await self._connect()
         except Exception as exc:  # noqa: BLE001
