@@ -46,8 +46,8 @@ _ONE_ROW = re.compile(r"VALUES (\((?:\?, )*\?\))")
 CHECKPOINT_EVERY_S = 0.25
 """At most one background checkpoint per this many seconds, after an ingest commit."""
 SWITCH_INTERVAL_S = 0.001
-"""The process's GIL switch interval while a SQLite store is open (CPython's
-default is 5 ms): the writer's thread lets go of the GIL for every statement
+"""The process's GIL switch interval from the moment a SQLite store opens
+(never raised; CPython's default is 5 ms): the writer's thread lets go of the GIL for every statement
 and must take it back from the event loop's thread, which holds it while it
 verifies and redacts the next batches; each take waits up to this long
 (docs/performance.md, "the GIL's switch interval")."""
