@@ -64,6 +64,9 @@ class AgentRuntime:
         self._queue: deque[p.Event] = deque()
         self._handlers: dict[str, CommandHandler] = {}
         self._unacked: OrderedDict[str, tuple[bytes, int]] = OrderedDict()
+        self._in_hand = 0
+        """Events taken off the queue for the batch being built, not yet in
+        ``_unacked``: counted, so that ``flush`` always finds them somewhere."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,10 +124,15 @@ class AgentRuntime:
         self._flush_until = deadline  # the sender sends partial batches until then
         self._kick()
         while time.monotonic() < deadline:
-            if not self._queue and not self._unacked:
+            if self._drained():
                 return True
             time.sleep(0.01)
-        return not self._queue and not self._unacked
+        return self._drained()
+
+    def _drained(self) -> bool:
+        # In the order the sender moves events: queue, then the batch in
+        # hand, then unacked (each is filled before the one before it lets go).
+        return not self._queue and not self._in_hand and not self._unacked
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Flush for up to ``timeout`` seconds, then stop the thread."""
@@ -137,7 +145,7 @@ class AgentRuntime:
 
     @property
     def pending(self) -> int:
-        return len(self._queue) + sum(n for _, n in self._unacked.values())
+        return len(self._queue) + self._in_hand + sum(n for _, n in self._unacked.values())
 
     def _kick(self) -> None:
         loop, wake = self._loop, self._wake
@@ -153,6 +161,7 @@ class AgentRuntime:
         was_running = self._thread is not None
         self._queue = deque()
         self._unacked = OrderedDict()
+        self._in_hand = 0
         self._lock = threading.Lock()
         self._thread = None
         self._loop = None
@@ -265,11 +274,20 @@ class AgentRuntime:
         return event
 
     def _next_batch(self) -> tuple[str, bytes, int] | None:
+        """The next batch, encoded. Its events stay counted in ``_in_hand``
+        until the sender has put the batch in ``_unacked``."""
         queue = self._queue
         if not queue:
             return None
         take = min(len(queue), self.config.batch_size)
-        events = [self._prepare(queue.popleft()) for _ in range(take)]
+        self._in_hand = take  # before the first event leaves the queue
+        try:
+            return self._build_batch([self._prepare(queue.popleft()) for _ in range(take)])
+        except BaseException:
+            self._in_hand = 0  # what was taken is lost with the error
+            raise
+
+    def _build_batch(self, events: list[p.Event]) -> tuple[str, bytes, int]:
         batch = p.EventBatch(batch_id=p.new_id(), events=events, dropped=self.dropped)
         try:
             body = p.encode_frame(batch)
@@ -343,6 +361,7 @@ class _Session:
                     break
                 batch_id, body, count = nxt
                 rt._unacked[batch_id] = (body, count)
+                rt._in_hand = 0  # after: the batch is in ``_unacked`` now
                 await self.send(body=body)
                 rt.sent_batches += 1
                 last_sent = time.monotonic()

@@ -111,3 +111,32 @@ def test_a_steady_trickle_goes_in_batches_not_a_frame_per_ack(collector):
         assert len(tasks["tasks"]) == 400
     finally:
         agent.stop()
+
+
+def test_flush_and_stop_wait_for_the_batch_being_built(collector):
+    """A batch's events leave the queue before the batch is sent and waits for its ack: flush
+    (and stop, which flushes) must still count them, or a worker shutting down reports
+    everything delivered and exits while its last events, its offline among them, are in hand."""
+    creds = mint_agent(collector, "in-hand")
+    agent = Agent(AgentConfig.from_env(collector.agent_env(creds)), engine="bare")
+    runtime = agent.runtime
+    try:
+        assert runtime.connected.wait(30), runtime.last_error
+        prepare = runtime._prepare
+
+        def slow(event):
+            time.sleep(0.5)  # a batch that takes a while to redact
+            return prepare(event)
+
+        runtime._prepare = slow
+        agent.task("in-hand-1", "received", name="slow.task")
+        assert agent.flush(30), runtime.last_error
+        assert runtime.acked_events == 1 and runtime.pending == 0
+        agent.task("in-hand-2", "received", name="slow.task")
+        assert agent.stop(30)
+        assert runtime.acked_events == 2
+        api = collector.api(mint_tokens(collector, "admin")["admin"])
+        tasks = api.get("/api/v1/projects/default/tasks", params={"name": "slow.task"}).json()["tasks"]
+        assert sorted(t["task_id"] for t in tasks) == ["in-hand-1", "in-hand-2"]
+    finally:
+        agent.stop()
