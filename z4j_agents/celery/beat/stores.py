@@ -191,9 +191,16 @@ class FileStore(BeatStore):
             item.next_run_at = next_run(live if live is not None and live == entry else entry, enabled)
         return item
 
+    def _deleted(self, defined: dict[str, Any]) -> set[str]:
+        """Entries gone from the file that beat still runs until its next tick
+        merges the file: listed, they would come back in z4j after a delete."""
+        return set(getattr(self.scheduler, "_z4j_names", ())) - set(defined)
+
     def items(self) -> list[Item]:
         live, defined = self._live(), self._defined()
-        out = [self._from_definition(n, defined[n], e) if n in defined else self._item(e) for n, e in live.items()]
+        deleted = self._deleted(defined)
+        out = [self._from_definition(n, defined[n], e) if n in defined else self._item(e)
+               for n, e in live.items() if n not in deleted]
         out += [self._from_definition(n, d, None) for n, d in defined.items() if n not in live]
         return out[:MAX_ENTRIES]
 
@@ -202,7 +209,7 @@ class FileStore(BeatStore):
         if name in defined:
             return self._from_definition(name, defined[name], live.get(name))
         entry = live.get(name)
-        return None if entry is None else self._item(entry)
+        return None if entry is None or name in self._deleted(defined) else self._item(entry)
 
     def save(self, name, task, schedule, spec, args, kwargs, options, enabled, old) -> None:  # noqa: ANN001
         from z4j_agents.celery.beat.scheduler import write_file
