@@ -273,19 +273,21 @@ class AgentRuntime:
             event.redacted = True
         return event
 
-    def _next_batch(self) -> tuple[str, bytes, int] | None:
-        """The next batch, encoded. Its events stay counted in ``_in_hand``
-        until the sender has put the batch in ``_unacked``."""
+    def _next_batch(self) -> bytes | None:
+        """Take the next batch off the queue, encode it and put it in
+        ``_unacked``; its frame. Until it is there, its events are counted in
+        ``_in_hand``."""
         queue = self._queue
         if not queue:
             return None
         take = min(len(queue), self.config.batch_size)
         self._in_hand = take  # before the first event leaves the queue
         try:
-            return self._build_batch([self._prepare(queue.popleft()) for _ in range(take)])
-        except BaseException:
-            self._in_hand = 0  # what was taken is lost with the error
-            raise
+            batch_id, body, count = self._build_batch([self._prepare(queue.popleft()) for _ in range(take)])
+            self._unacked[batch_id] = (body, count)
+        finally:
+            self._in_hand = 0  # in ``_unacked`` now, or lost with the error
+        return body
 
     def _build_batch(self, events: list[p.Event]) -> tuple[str, bytes, int]:
         batch = p.EventBatch(batch_id=p.new_id(), events=events, dropped=self.dropped)
@@ -356,12 +358,9 @@ class _Session:
                 if (len(queue) < config.batch_size and now - last_sent < config.flush_interval
                         and now >= rt._flush_until):
                     break
-                nxt = rt._next_batch()
-                if nxt is None:
+                body = rt._next_batch()
+                if body is None:
                     break
-                batch_id, body, count = nxt
-                rt._unacked[batch_id] = (body, count)
-                rt._in_hand = 0  # after: the batch is in ``_unacked`` now
                 await self.send(body=body)
                 rt.sent_batches += 1
                 last_sent = time.monotonic()

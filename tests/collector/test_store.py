@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -306,7 +307,6 @@ async def test_sqlite_checkpoints_its_log_in_the_background(store, tmp_path):
     assert await store._writer.call(
         lambda: store._writer.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
     ) == sqlite.WRITER_AUTOCHECKPOINT_PAGES
-    import sys
     assert sys.getswitchinterval() <= sqlite.SWITCH_INTERVAL_S  # the writer takes the GIL back sooner
     path = tmp_path / "z4j.db"
     before = path.stat().st_size  # the commit left its pages in the log
