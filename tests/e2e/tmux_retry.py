@@ -130,11 +130,13 @@ def toasts(text: str) -> str:
 
 
 def type_filter(term: Terminal, words: str) -> None:
-    """``/``, clear the field, type ``words``, enter; back on the table."""
+    """``/``, clear the field, type ``words``, enter; back on the table, the field still reading them."""
     # The field selects its text a moment after it gets the focus, and what is
-    # typed before that is replaced: type until the field reads the words. Once
-    # (a CI run on a loaded machine) five tries left the focused field empty:
-    # each new try leaves the field and comes back to it, and a failure says
+    # typed before that is replaced: type until the field reads the words. On a
+    # loaded CI machine, twice: five tries left the focused field empty, and once
+    # the field read the words, enter was pressed, and the table came back
+    # unfiltered with the field empty. Each new try leaves the field and comes
+    # back to it; a try that did not hold says so on stdout, and a failure says
     # what the field read.
     for attempt in range(5):
         wait(term, "the task list's table to have the focus", table_focused)
@@ -144,13 +146,23 @@ def type_filter(term: Terminal, words: str) -> None:
         term.keys(words, literal=True)
         try:
             wait(term, f"the filter field to read {words!r}", lambda text: field(text) == words, 10)
-            break
         except StepFailed:
             if attempt == 4:
                 raise StepFailed(f"the filter field reads {field(term.pane())!r}, not {words!r}, after 5 tries") from None
+            print(f"try {attempt + 1}: the field reads {field(term.pane())!r}, not {words!r}; again", flush=True)
             term.keys("Escape")
-    term.keys("Enter")
-    wait(term, "the table to have the focus again", table_focused)
+            continue
+        term.keys("Enter")
+        wait(term, "the table to have the focus again", table_focused)
+        try:
+            wait(term, f"the filter field to keep {words!r}", lambda text: field(text) == words, 5)
+            return
+        except StepFailed:
+            if attempt == 4:
+                raise StepFailed(f"after enter the filter field reads {field(term.pane())!r}, not {words!r}, "
+                                 "after 5 tries") from None
+            print(f"try {attempt + 1}: after enter the field reads {field(term.pane())!r}, not {words!r}; again",
+                  flush=True)
 
 
 def save_svg(ansi: str, path: Path) -> None:
@@ -248,7 +260,10 @@ def main() -> int:
         before = term.pane()
         time.sleep(3)
         moving = "still drawing" if term.pane() != before else "not changing"
-        print(f"FAILED: {exc}\n--- the pane ({moving}):\n{before}", flush=True)
+        lines = before.splitlines()
+        # the reason last: a CI log keeps the end of the output
+        print(f"--- the pane ({moving}):\n{before}\n--- counts: {lines[1].strip() if len(lines) > 1 else ''}"
+              f"\n--- field: {field(before)!r}\n--- footer: {footer(before).strip()}\nFAILED: {exc}", flush=True)
         return 1
     finally:
         if os.environ.get("Z4J_E2E_KEEP"):  # debugging: leave the session for `tmux -L <socket> attach`
