@@ -59,6 +59,31 @@ async def test_every_kind_moves_the_task(store):
         "sent", "received", "started", "retried", "received", "started", "succeeded"]
 
 
+async def test_a_task_and_its_timeline_are_read_as_of_one_row(store, monkeypatch):
+    """An event committed between reading the task and reading its timeline
+    (the producer's "sent" of a task that the worker already ran: two agents)
+    is in neither: never a "sent" in the timeline beside a null sent_at."""
+    t = time.time()
+    await ingest(store, ev("late", "started", t + 1, name="n"), ev("late", "succeeded", t + 2))
+    read = store.fetchall
+
+    async def fetchall(sql, params=()):
+        rows = await read(sql, params)
+        if " FROM tasks WHERE" in sql and not committed:  # the first read of the task
+            committed.append(True)
+            await ingest(store, ev("late", "sent", t, name="n"))
+        return rows
+
+    committed: list[bool] = []
+    monkeypatch.setattr(store, "fetchall", fetchall)
+    task = await store.get_task(1, "late", events=True)
+    assert committed, "the late event was committed while the task was read"
+    assert task["sent_at"] is None and [e["kind"] for e in task["events"]] == ["started", "succeeded"]
+    monkeypatch.setattr(store, "fetchall", read)
+    task = await store.get_task(1, "late", events=True)
+    assert task["sent_at"] == t and [e["kind"] for e in task["events"]] == ["sent", "started", "succeeded"]
+
+
 async def test_duplicates_are_dropped_by_event_id(store):
     t = time.time()
     events = [ev("x", "received", t), ev("x", "succeeded", t + 1)]

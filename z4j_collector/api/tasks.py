@@ -72,12 +72,9 @@ class TaskController(Controller):
 
     @get("/{task_id:str}", summary="One task with its event timeline")
     async def show(self, request: Request, task_id: str, engine: str | None = None) -> TaskDetail:
-        store = request.app.state.store
-        project_id = access_of(request).project_id
-        task = await store.get_task(project_id, task_id, engine)
+        task = await request.app.state.store.get_task(access_of(request).project_id, task_id, engine, events=True)
         if task is None:
             raise NotFound(f"no task {task_id!r}")
-        task["events"] = await store.task_events(project_id, task["engine"], task_id)
         return msgspec.convert(task, TaskDetail)
 
     @get("/{task_id:str}/tree", summary="The workflow around a task: chains, groups and chords as a tree")

@@ -398,8 +398,12 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
         )
         return {state: count for state, count in rows}
 
-    async def get_task(self, project_id: int, task_id: str, engine: str | None = None) -> dict[str, Any] | None:
-        sql = f"SELECT {', '.join(TASK_DETAIL_COLUMNS)} FROM tasks WHERE project_id = ? AND task_id = ?"
+    async def get_task(self, project_id: int, task_id: str, engine: str | None = None,
+                       events: bool = False) -> dict[str, Any] | None:
+        """One task; with ``events``, its timeline as of the same row: the
+        events the row was folded from, never one committed after it was read
+        (a timeline with a "sent" event beside a null ``sent_at``)."""
+        sql = f"SELECT {', '.join(TASK_DETAIL_COLUMNS)}, event_ids FROM tasks WHERE project_id = ? AND task_id = ?"
         params: list[Any] = [project_id, task_id]
         if engine:
             sql += " AND engine = ?"
@@ -413,6 +417,8 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
                 task[column] = msgspec.json.decode(task[column])
         task["redacted"] = bool(task["redacted"])
         task["replayable"] = task.pop("replay") is not None
+        if events:
+            task["events"] = await self._events_by_id(rows[0][-1])
         return task
 
     async def task_events(self, project_id: int, engine: str, task_id: str) -> list[dict[str, Any]]:
@@ -420,7 +426,11 @@ class SqlStore(IdentitySql, ScheduleSql, MetricsSql, NotifySql, ReconcileSql, Tr
             "SELECT event_ids FROM tasks WHERE project_id = ? AND engine = ? AND task_id = ?",
             (project_id, engine, task_id),
         )
-        ids = row[0].split(",") if row and row[0] else []
+        return await self._events_by_id(row[0] if row else None)
+
+    async def _events_by_id(self, event_ids: str | None) -> list[dict[str, Any]]:
+        """The events of a task row's ``event_ids``, oldest first."""
+        ids = event_ids.split(",") if event_ids else []
         events = []
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
