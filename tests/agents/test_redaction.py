@@ -746,6 +746,27 @@ def test_fast_paths_agree_with_the_reference_scan():
     for s in _corpus(rng):
         long = (s + " | ") * 30
         assert policy.text(long) == _reference_text(policy, long)
+    # Long texts of many lines (a traceback's shape): masked a line at a time,
+    # with harmless lines remembered, and each line is seen again in another text.
+    lines = list(_corpus(rng))
+    for _ in range(300):
+        long = "\n".join(rng.choice(lines) for _ in range(rng.randrange(10, 60)))
+        assert policy.text(long) == _reference_text(policy, long), long
+        assert policy.text(long) == _reference_text(policy, long), long  # every line now seen once
+
+
+def test_a_long_text_is_masked_a_line_at_a_time_and_its_harmless_lines_remembered():
+    policy = Redactor()._default
+    frames = "\n".join(f'  File "/app/tasks.py", line {n}, in run\n    x = call(a, b={n})' for n in range(40))
+    secret = f"{frames}\npsycopg.OperationalError: password=hunter2x at postgres://app:s3cret@db/app"
+    out = policy.text(secret)
+    assert out == _reference_text(policy, secret)
+    assert "hunter2x" not in out and "s3cret" not in out and out.startswith(frames)
+    assert f'    x = call(a, b=7)' in policy._harmless_lines  # a harmless line, not scanned again
+    assert not any("hunter2x" in line for line in policy._harmless_lines)
+    # A PEM block spans lines: the whole text is scanned, as before.
+    pem = f"{frames}\n" + _FAMILY_SAMPLES[0]
+    assert "MIIEabc" not in policy.text(pem) and policy.text(pem) == _reference_text(policy, pem)
 
 
 def test_harmless_key_cache_never_hides_a_later_secret():
