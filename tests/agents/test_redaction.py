@@ -762,7 +762,7 @@ def test_a_long_text_is_masked_a_line_at_a_time_and_its_harmless_lines_remembere
     out = policy.text(secret)
     assert out == _reference_text(policy, secret)
     assert "hunter2x" not in out and "s3cret" not in out and out.startswith(frames)
-    assert f'    x = call(a, b=7)' in policy._harmless_lines  # a harmless line, not scanned again
+    assert '    x = call(a, b=7)' in policy._harmless_lines  # a harmless line, not scanned again
     assert not any("hunter2x" in line for line in policy._harmless_lines)
     # A PEM block spans lines: the whole text is scanned, as before.
     pem = f"{frames}\n" + _FAMILY_SAMPLES[0]
