@@ -9,6 +9,7 @@ name prefixes likewise. The CLI switches the index with a one-line answer."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 
@@ -160,6 +161,36 @@ def test_a_rare_text_of_common_trigrams_and_a_common_one(db_url, monkeypatch):
         if store.dialect == "sqlite":  # the phrase was read from the index, the common text walked
             assert (await store.search_condition("abc-xyz"))[0].startswith("rowid IN")
             assert "LIKE" in (await store.search_condition("-xy"))[0]
+
+    with_store(db_url, run)
+
+
+def test_a_rare_text_found_by_its_sparsest_trigrams_is_checked_against_the_text(db_url, monkeypatch):
+    """Every trigram of "abc-xyz" is common (list capped at 3 rows), so SQLite
+    samples their densities and intersects the sparsest: that finds t-0 and
+    t-1, which holds every trigram but not the text ("abc-x -xyz"); the text
+    itself is checked on what they find, so the answer is exactly the walk's."""
+    import z4j_collector.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 3)
+    migrate.upgrade(db_url)
+    now = time.time()
+    texts = ["abc-xyz", "abc-x -xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
+
+    async def run(store):
+        pid = await store.project_id("default")
+        await store.ingest([IngestItem(pid, None, [ev(i, f"t-{i}", "received", now - 100 + i, args=[text])
+                                                   for i, text in enumerate(texts)])])
+        answers = []
+        for indexed in (False, True):
+            await store.set_text_index(indexed)
+            answers.append((await ids(store, pid, "abc-xyz"), await ids(store, pid, "abc-x -xyz")))
+        assert answers[0] == answers[1] == (["t-0"], ["t-1"])
+        if store.dialect == "sqlite":  # the sparse trigrams were read from the index, the text checked
+            condition, params = await store.search_condition("abc-xyz")
+            assert condition.startswith("rowid IN") and "LIKE" in condition
+            assert sorted(json.loads(params[0])) == sorted(
+                r[0] for r in await store.fetchall("SELECT rowid FROM tasks WHERE task_id IN ('t-0', 't-1')"))
 
     with_store(db_url, run)
 

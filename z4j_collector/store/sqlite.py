@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import sqlite3
 import sys
@@ -51,6 +52,14 @@ SWITCH_INTERVAL_S = 0.001
 and must take it back from the event loop's thread, which holds it while it
 verifies and redacts the next batches; each take waits up to this long
 (docs/performance.md, "the GIL's switch interval")."""
+DENSITY_WINDOWS = 4
+"""Stretches of the task table in which each trigram of a free text is counted."""
+DENSITY_ROWS = 64
+"""Rows per stretch."""
+DENSITY_TERMS = 4
+"""The sparsest trigrams intersected when every trigram of a text is common."""
+SEARCH_TRIGRAMS_MAX = 64
+"""Trigrams of a free text sized (a long text: its first ones)."""
 INDEX_LIST_MAX = 2000
 """A free-text search or a name prefix matching at most this many tasks reads
 them through its index and sorts them; one matching more walks the task list
@@ -260,37 +269,67 @@ class SqliteStore(TextIndexSql, SqlStore):
         # The trigram index (z4j db text-index) finds a text of three
         # characters or more. FTS5 answers a phrase by reading every one of
         # its trigrams' lists, and a rare text is mostly common trigrams
-        # ("order-4242424": "ord", "rde", … are in every row). So the lists
-        # are sized first (each count stops past INDEX_LIST_MAX), the two
-        # rarest are intersected, and the rows found are checked against the
-        # text itself. When every trigram is common, the phrase says whether
-        # the text itself is rare; when it is not, the newest-first walk
-        # fills the page sooner. Without the index, every search walks.
+        # ("order-4242424": "ord", "rde", … are in every row). So each list
+        # is sized first (a count that stops past INDEX_LIST_MAX, and the
+        # matches in a few short stretches of the table), and the rows found
+        # by the rarest trigrams are checked against the text itself:
+        # - a trigram with a short list: the two rarest, intersected;
+        # - every trigram common: the sparsest few, intersected ("-42",
+        #   "424", "242" of an order id: a handful of rows in millions);
+        # - too many rows that way: the phrase says whether the text itself is
+        #   rare; when it is not, the newest-first walk fills the page sooner.
+        # Without the index, every search walks.
         like, like_params = self.like_condition(text)
         if len(text) < 3 or not await self.has_text_index():
             return like, like_params
-        sizes: list[tuple[int, str]] = []
-        for trigram in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2)):
-            token = _fts_phrase(trigram)
-            rows = await self.fetchall(
-                "SELECT count(*) FROM (SELECT 1 FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?)",
-                (token, INDEX_LIST_MAX + 1),
-            )
-            if rows[0][0] == 0:
-                return "0", []  # a trigram no task has: nothing matches
-            sizes.append((rows[0][0], token))
-        sizes.sort()
-        # Every trigram common: the text itself may not be, the phrase says.
-        rare = sizes[0][0] <= INDEX_LIST_MAX
-        query = " AND ".join(t for _, t in sizes[:2]) if rare else _fts_phrase(text)
+        # A subset of the trigrams still finds every task holding the text.
+        tokens = [_fts_phrase(t) for t in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2))]
+        tokens = tokens[:SEARCH_TRIGRAMS_MAX]
+        count = "(SELECT count(*) FROM (SELECT 1 FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?))"
+        counts = (await self.fetchall("SELECT " + ", ".join([count] * len(tokens)),
+                                      [v for token in tokens for v in (token, INDEX_LIST_MAX + 1)]))[0]
+        if 0 in counts:
+            return "0", []  # a trigram no task has: nothing matches
+        stats = sorted(zip(counts, tokens))
+        found = None
+        if stats[0][0] <= INDEX_LIST_MAX:
+            found = await self._text_rows(" AND ".join(t for _, t in stats[:2]))
+        else:
+            tasks, densities = await self._densities(tokens)
+            sparse = sorted(zip(densities, tokens))[:DENSITY_TERMS]
+            if tasks * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
+                found = await self._text_rows(" AND ".join(t for _, t in sparse))
+            if found is None:
+                # The text itself may still be rare: the phrase says.
+                found = await self._text_rows(_fts_phrase(text))
+                return (like, like_params) if found is None else (_FOUND, [found])
+        if found is None:
+            return like, like_params
+        # Trigrams are not the text: what they find is checked against it.
+        return f"{_FOUND} AND {like}", [found, *like_params]
+
+    async def _densities(self, tokens: list[str]) -> tuple[int, list[float]]:
+        """The task table's rowid span, and each token's share of the rows in
+        DENSITY_WINDOWS stretches of DENSITY_ROWS rows spread over the table
+        (an estimate read from a few list entries, whatever the table's size)."""
+        low, high = (await self.fetchall("SELECT (SELECT min(rowid) FROM tasks), (SELECT max(rowid) FROM tasks)"))[0]
+        starts = [low + (high - low - DENSITY_ROWS) * (2 * k + 1) // (2 * DENSITY_WINDOWS)
+                  for k in range(DENSITY_WINDOWS)]
+        window = "(SELECT count(*) FROM tasks_text WHERE tasks_text MATCH ? AND rowid >= ? AND rowid < ?)"
+        sums = ", ".join(["(" + " + ".join([window] * len(starts)) + ")"] * len(tokens))
+        params = [v for token in tokens for start in starts for v in (token, start, start + DENSITY_ROWS)]
+        matches = (await self.fetchall("SELECT " + sums, params))[0]
+        return high - low + 1, [m / (DENSITY_WINDOWS * DENSITY_ROWS) for m in matches]
+
+    async def _text_rows(self, query: str) -> str | None:
+        """The rowids the text index matches for ``query`` (a JSON list), or
+        None when there are more than INDEX_LIST_MAX."""
         rows = await self.fetchall(
             "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (query, INDEX_LIST_MAX + 1)
         )
         if len(rows) > INDEX_LIST_MAX:
-            return like, like_params
-        ids = msgspec.json.encode([r[0] for r in rows]).decode()
-        # Two trigrams are not the text: what they find is checked against it.
-        return (f"{_FOUND} AND {like}", [ids, *like_params]) if rare else (_FOUND, [ids])
+            return None
+        return msgspec.json.encode([r[0] for r in rows]).decode()
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
