@@ -136,22 +136,33 @@ def test_search_follows_the_task_through_its_life(db_url, text_index):
     with_store(db_url, run)
 
 
+def cap_the_index_list(db_url, monkeypatch) -> None:
+    """A text in more than 3 tasks is common to SQLite's search (INDEX_LIST_MAX)."""
+    import z4j_collector.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 3)
+    migrate.upgrade(db_url)
+
+
+async def seed_texts(store, texts: list[str], now: float) -> int:
+    """Task t-i received with args [texts[i]], oldest first; the project's id."""
+    pid = await store.project_id("default")
+    await store.ingest([IngestItem(pid, None, [ev(i, f"t-{i}", "received", now - 100 + i, args=[text])
+                                               for i, text in enumerate(texts)])])
+    return pid
+
+
 def test_a_rare_text_of_common_trigrams_and_a_common_one(db_url, monkeypatch):
     """With the index list capped at 3 rows: a text every trigram of which is common
     ("abc", "bc-", "c-x", "-xy", "xyz" are each in 4 or more tasks) but that one task holds
     is found (SQLite asks FTS5 for the phrase), and a common text walks; both answers match
     the walk's."""
-    import z4j_collector.store.sqlite as sqlite_store
-
-    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 3)
-    migrate.upgrade(db_url)
+    cap_the_index_list(db_url, monkeypatch)
     now = time.time()
     texts = ["abc-xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
 
     async def run(store):
-        pid = await store.project_id("default")
-        await store.ingest([IngestItem(pid, None, [ev(i, f"t-{i}", "received", now - 100 + i, args=[text])
-                                                   for i, text in enumerate(texts)])])
+        pid = await seed_texts(store, texts, now)
         answers = []
         for indexed in (False, True):
             await store.set_text_index(indexed)
@@ -170,17 +181,12 @@ def test_a_rare_text_found_by_its_sparsest_trigrams_is_checked_against_the_text(
     samples their densities and intersects the sparsest: that finds t-0 and
     t-1, which holds every trigram but not the text ("abc-x -xyz"); the text
     itself is checked on what they find, so the answer is exactly the walk's."""
-    import z4j_collector.store.sqlite as sqlite_store
-
-    monkeypatch.setattr(sqlite_store, "INDEX_LIST_MAX", 3)
-    migrate.upgrade(db_url)
+    cap_the_index_list(db_url, monkeypatch)
     now = time.time()
     texts = ["abc-xyz", "abc-x -xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
 
     async def run(store):
-        pid = await store.project_id("default")
-        await store.ingest([IngestItem(pid, None, [ev(i, f"t-{i}", "received", now - 100 + i, args=[text])
-                                                   for i, text in enumerate(texts)])])
+        pid = await seed_texts(store, texts, now)
         answers = []
         for indexed in (False, True):
             await store.set_text_index(indexed)
