@@ -56,8 +56,11 @@ DENSITY_WINDOWS = 4
 """Stretches of the task table in which each trigram of a free text is counted."""
 DENSITY_ROWS = 64
 """Rows per stretch."""
-DENSITY_TERMS = 4
-"""The sparsest trigrams intersected when every trigram of a text is common."""
+SPARSE_DENSITY = 0.1
+"""When every trigram of a text is common, those sampled below this density
+are intersected (a denser one narrows little and costs a long list)."""
+SPARSE_TERMS = 8
+"""At most this many of them, the sparsest."""
 SEARCH_TRIGRAMS_MAX = 64
 """Trigrams of a free text sized (a long text: its first ones)."""
 INDEX_LIST_MAX = 2000
@@ -274,8 +277,9 @@ class SqliteStore(TextIndexSql, SqlStore):
         # matches in a few short stretches of the table), and the rows found
         # by the rarest trigrams are checked against the text itself:
         # - a trigram with a short list: the two rarest, intersected;
-        # - every trigram common: the sparsest few, intersected ("-42",
-        #   "424", "242" of an order id: a handful of rows in millions);
+        # - every trigram common: the sparse ones (sampled below SPARSE_DENSITY),
+        #   intersected ("-42", "424", "242"… of an order id: a handful of
+        #   rows in millions);
         # - too many rows that way: the phrase says whether the text itself is
         #   rare; when it is not, the newest-first walk fills the page sooner.
         # Without the index, every search walks.
@@ -296,7 +300,8 @@ class SqliteStore(TextIndexSql, SqlStore):
             found = await self._text_rows(" AND ".join(t for _, t in stats[:2]))
         else:
             tasks, densities = await self._densities(tokens)
-            sparse = sorted(zip(densities, tokens))[:DENSITY_TERMS]
+            ranked = sorted(zip(densities, tokens))
+            sparse = [r for r in ranked if r[0] < SPARSE_DENSITY][:SPARSE_TERMS] or ranked[:1]
             if tasks * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
                 found = await self._text_rows(" AND ".join(t for _, t in sparse))
             if found is None:
