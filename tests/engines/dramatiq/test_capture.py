@@ -134,6 +134,11 @@ def test_pipelines_and_groups_are_dag_edges(world):
     pipe = pipeline([msg("step", 1), msg("fail_step"), msg("step")], broker=broker).run()
     first, middle, last = (m.message_id for m in pipe.messages)
     stack.wait_task(middle, "failure")
+    # The middle step's "sent" (with its root and parent) is captured by the
+    # process that ran the first step, its "failed" by whichever process ran
+    # it: two agents, so the failure may be stored before the link.
+    wait_until(lambda: middle in {t["task_id"] for t in stack.tasks(root_id=first)}, 30,
+               "the middle step linked to the first")
     rows = {t["task_id"]: t for t in stack.tasks(root_id=first)}
     assert set(rows) == {first, middle}, "the step after the failure never runs"
     assert rows[first]["parent_id"] is None and rows[first]["state"] == "success"
