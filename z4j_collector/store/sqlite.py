@@ -295,23 +295,21 @@ class SqliteStore(TextIndexSql, SqlStore):
         if 0 in counts:
             return "0", []  # a trigram no task has: nothing matches
         stats = sorted(zip(counts, tokens))
-        found = None
+        # Trigrams are not the text: what they find is checked against it.
+        checked = f"{_FOUND} AND {like}"
         if stats[0][0] <= INDEX_LIST_MAX:
             found = await self._text_rows(" AND ".join(t for _, t in stats[:2]))
-        else:
-            tasks, densities = await self._densities(tokens)
-            ranked = sorted(zip(densities, tokens))
-            sparse = [r for r in ranked if r[0] < SPARSE_DENSITY][:SPARSE_TERMS] or ranked[:1]
-            if tasks * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
-                found = await self._text_rows(" AND ".join(t for _, t in sparse))
-            if found is None:
-                # The text itself may still be rare: the phrase says.
-                found = await self._text_rows(_fts_phrase(text))
-                return (like, like_params) if found is None else (_FOUND, [found])
-        if found is None:
-            return like, like_params
-        # Trigrams are not the text: what they find is checked against it.
-        return f"{_FOUND} AND {like}", [found, *like_params]
+            return (like, like_params) if found is None else (checked, [found, *like_params])
+        tasks, densities = await self._densities(tokens)
+        ranked = sorted(zip(densities, tokens))
+        sparse = [r for r in ranked if r[0] < SPARSE_DENSITY][:SPARSE_TERMS] or ranked[:1]
+        if tasks * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
+            found = await self._text_rows(" AND ".join(t for _, t in sparse))
+            if found is not None:
+                return checked, [found, *like_params]
+        # The text itself may still be rare: the phrase says.
+        found = await self._text_rows(_fts_phrase(text))
+        return (like, like_params) if found is None else (_FOUND, [found])
 
     async def _densities(self, tokens: list[str]) -> tuple[int, list[float]]:
         """The task table's rowid span, and each token's share of the rows in
