@@ -292,20 +292,19 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
         return
-    print(f"{'':16}{'events/s':>12}{'lag p50 ms':>12}{'lag p99 ms':>12}{'runs':>28}")
+    print(f"{'':18}{'events/s':>10}{'lag p50 ms':>12}{'lag p99 ms':>12}{'÷ Celery':>10}{'÷ Flower':>10}  runs")
     for kind in ("sqlite", "postgres"):
         if kind in out:
             r = out[kind]
-            print(f"{'z4j ' + kind:16}{r['events_per_s']:>12,.0f}{r['lag_p50_ms']:>12.1f}{r['lag_p99_ms']:>12.1f}"
-                  f"{str(r['runs']):>28}")
+            print(f"{'z4j ' + kind:18}{r['events_per_s']:>10,.0f}{r['lag_p50_ms']:>12.1f}{r['lag_p99_ms']:>12.1f}"
+                  f"{r['vs_celery_state']:>10.2f}{r['vs_flower_state']:>10.2f}  {r['runs']}")
     for kind in ("sqlite", "postgres"):
         if "steady" in out.get(kind, {}):
             s = out[kind]["steady"]
-            print(f"{'  at ' + format(s['offered_per_s'], ',.0f') + '/s':16}{'':>12}{s['lag_p50_ms']:>12.1f}"
+            print(f"{kind + ' at ' + format(s['offered_per_s'], ',.0f') + '/s':18}{'':>10}{s['lag_p50_ms']:>12.1f}"
                   f"{s['lag_p99_ms']:>12.1f}")
     for kind, label in (("celery_state", "Celery State"), ("flower_state", "Flower state")):
-        print(f"{label:16}{out[kind]['events_per_s']:>12,.0f}{'(in memory)':>24}")
-
+        print(f"{label:18}{out[kind]['events_per_s']:>10,.0f}  (in memory, nothing persisted)")
 
 if __name__ == "__main__":
     main()
