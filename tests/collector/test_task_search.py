@@ -201,6 +201,43 @@ def test_a_rare_text_found_by_its_sparsest_trigrams_is_checked_against_the_text(
     with_store(db_url, run)
 
 
+def test_a_text_in_many_tasks_walks_probing_its_trigrams_set_and_a_rare_one_asks_the_phrase(db_url, monkeypatch):
+    """With the index list capped at 3 rows: "abc-xyz" is in six tasks, so it
+    is not rare; its sparse trigrams' set (those six, and "abc-x -xyz", which
+    holds every trigram but not the text) is probed by the newest-first walk,
+    and the text checked on what it finds. "abc-xyq" is in one task while its
+    trigrams' set holds five more: the phrase answers. A keyset page goes on
+    where the first ended. Every answer is the walk's without the index."""
+    cap_the_index_list(db_url, monkeypatch)
+    now = time.time()
+    texts = (["abc-xyz", "abc-x -xyz"] * 3 + ["abc-xyz"] * 3 + ["abc-xyq"] + ["abc-xy -xyq"] * 5
+             + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4)
+    holding = [f"t-{i}" for i, text in reversed(list(enumerate(texts))) if text == "abc-xyz"]
+
+    async def run(store):
+        pid = await seed_texts(store, texts, now)
+        answers = []
+        for indexed in (False, True):
+            await store.set_text_index(indexed)
+            first = await store.list_tasks(pid, TaskQuery(search="abc-xyz"), 4)
+            last = first[-1]
+            rest = await store.list_tasks(pid, TaskQuery(search="abc-xyz"), 4,
+                                          (last["created_at"], last["engine"], last["task_id"]))
+            answers.append(([r["task_id"] for r in first + rest], await ids(store, pid, "abc-xyq")))
+        assert answers[0] == answers[1] == (holding, ["t-9"])
+        if store.dialect == "sqlite":
+            condition, params = await store.search_condition("abc-xyz")
+            assert condition.startswith("rowid IN (SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?) AND (")
+            # the sparse trigrams, intersected; the text checked on their rows
+            assert "LIKE" in condition and set(params[0].split(" AND ")) <= {'"abc"', '"bc-"', '"c-x"', '"-xy"', '"xyz"'}
+            condition, params = await store.search_condition("abc-xyq")  # the phrase, exact
+            assert condition == "rowid IN (SELECT value FROM json_each(?))", condition
+            assert json.loads(params[0]) == [r[0] for r in await store.fetchall(
+                "SELECT rowid FROM tasks WHERE task_id = 't-9'")]
+
+    with_store(db_url, run)
+
+
 def test_cli_switches_the_text_index(db_url):
     migrate.upgrade(db_url)
 

@@ -70,8 +70,17 @@ newest first, where the page fills sooner than the index is read."""
 LIST_INDEXED = ("name", "worker", "queue", "state", "engine")
 """The task list's filters with a (project_id, column, created_at) index, the
 kinds most often rare first."""
+MEMBER_MAX = 100_000
+"""A free text's sparse trigrams matching up to this many tasks (estimated)
+are read whole into a set that the newest-first walk probes by rowid, when
+the text itself is not rare: the walk then reads a row only where the
+trigrams are."""
+HOLDING_SAMPLE = 200
+"""Rows of such a set checked against the text, to tell how many tasks hold it."""
 _FOUND = "rowid IN (SELECT value FROM json_each(?))"
 """The condition of a free text found in the text index (a short list)."""
+_MEMBER = "rowid IN (SELECT rowid FROM tasks_text WHERE tasks_text MATCH ?)"
+"""The condition of the tasks a text index query matches (a set read once per query)."""
 _FEW_NAMES = "name >= ? AND name < ?"
 """The condition of a name prefix of few tasks, read through the name index."""
 _INSERT_EVENT_SQL = (
@@ -300,21 +309,34 @@ class SqliteStore(TextIndexSql, SqlStore):
         if stats[0][0] <= INDEX_LIST_MAX:
             found = await self._text_rows(" AND ".join(t for _, t in stats[:2]))
             return (like, like_params) if found is None else (checked, [found, *like_params])
-        tasks, densities = await self._densities(tokens)
+        (low, high), densities = await self._densities(tokens)
         ranked = sorted(zip(densities, tokens))
         sparse = [r for r in ranked if r[0] < SPARSE_DENSITY][:SPARSE_TERMS] or ranked[:1]
-        if tasks * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
-            found = await self._text_rows(" AND ".join(t for _, t in sparse))
-            if found is not None:
+        if (high - low + 1) * math.prod(d for d, _ in sparse) <= MEMBER_MAX:
+            query = " AND ".join(t for _, t in sparse)
+            first = await self._first_rows(query)
+            found = msgspec.json.encode(first).decode()
+            if len(first) <= INDEX_LIST_MAX:
                 return checked, [found, *like_params]
+            # More: how many in all (the first ones' span, oldest first), and
+            # how many of them hold the text. A text in more tasks than the
+            # index list takes is not rare, so the phrase cannot help: the
+            # walk fills the page, probing the set where it is not too long.
+            rows = len(first) * (high - low + 1) / (first[-1] - low + 1)
+            sample = first[:HOLDING_SAMPLE]
+            holding = (await self.fetchall(f"SELECT count(*) FROM tasks WHERE {checked}",
+                                           [msgspec.json.encode(sample).decode(), *like_params]))[0][0]
+            if rows * holding / len(sample) > INDEX_LIST_MAX:
+                return (f"{_MEMBER} AND {like}", [query, *like_params]) if rows <= MEMBER_MAX else (like, like_params)
         # The text itself may still be rare: the phrase says.
         found = await self._text_rows(_fts_phrase(text))
         return (like, like_params) if found is None else (_FOUND, [found])
 
-    async def _densities(self, tokens: list[str]) -> tuple[int, list[float]]:
-        """The task table's rowid span, and each token's share of the rows in
-        DENSITY_WINDOWS stretches of DENSITY_ROWS rows spread over the table
-        (an estimate read from a few list entries, whatever the table's size)."""
+    async def _densities(self, tokens: list[str]) -> tuple[tuple[int, int], list[float]]:
+        """The task table's lowest and highest rowid, and each token's share
+        of the rows in DENSITY_WINDOWS stretches of DENSITY_ROWS rows spread
+        over the table (an estimate read from a few list entries, whatever
+        the table's size)."""
         low, high = (await self.fetchall("SELECT (SELECT min(rowid) FROM tasks), (SELECT max(rowid) FROM tasks)"))[0]
         starts = [low + (high - low - DENSITY_ROWS) * (2 * k + 1) // (2 * DENSITY_WINDOWS)
                   for k in range(DENSITY_WINDOWS)]
@@ -322,17 +344,19 @@ class SqliteStore(TextIndexSql, SqlStore):
         sums = ", ".join(["(" + " + ".join([window] * len(starts)) + ")"] * len(tokens))
         params = [v for token in tokens for start in starts for v in (token, start, start + DENSITY_ROWS)]
         matches = (await self.fetchall("SELECT " + sums, params))[0]
-        return high - low + 1, [m / (DENSITY_WINDOWS * DENSITY_ROWS) for m in matches]
+        return (low, high), [m / (DENSITY_WINDOWS * DENSITY_ROWS) for m in matches]
+
+    async def _first_rows(self, query: str) -> list[int]:
+        """The lowest INDEX_LIST_MAX + 1 rowids the text index matches for ``query``, in order."""
+        rows = await self.fetchall("SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? ORDER BY rowid LIMIT ?",
+                                   (query, INDEX_LIST_MAX + 1))
+        return [r[0] for r in rows]
 
     async def _text_rows(self, query: str) -> str | None:
         """The rowids the text index matches for ``query`` (a JSON list), or
         None when there are more than INDEX_LIST_MAX."""
-        rows = await self.fetchall(
-            "SELECT rowid FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?", (query, INDEX_LIST_MAX + 1)
-        )
-        if len(rows) > INDEX_LIST_MAX:
-            return None
-        return msgspec.json.encode([r[0] for r in rows]).decode()
+        rows = await self._first_rows(query)
+        return None if len(rows) > INDEX_LIST_MAX else msgspec.json.encode(rows).decode()
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
