@@ -395,16 +395,20 @@ class ActionService:
                 await asyncio.gather(*(one(row) for row in todo))
                 await sql.update_job(self.store, job_id, "dispatched", progress)
             progress["done"] = True
-            await sql.update_job(self.store, job_id, "succeeded", progress, finished=True)
-            outcome = "ok"
+            state, outcome, error = "succeeded", "ok", None
         except Exception as exc:  # noqa: BLE001 - the job row says why; resume picks up the rest
             log.exception("bulk retry %s failed", job_id)
-            await sql.update_job(self.store, job_id, "failed", progress, error=f"{type(exc).__name__}: {exc}",
-                                 finished=True)
-            outcome = "failed"
+            state, outcome, error = "failed", "failed", f"{type(exc).__name__}: {exc}"
         counts = {k: v for k, v in progress.items() if k != "errors"}
-        await self.audit.write(actor.entry(project_id, f"{BULK_ACTION}.result", f"job:{job_id}", outcome=outcome,
-                                           **counts))
+
+        async def finish(tx: Any) -> None:
+            # The job's end and its audit entry commit together: whoever sees
+            # the job finished finds the entry.
+            await sql.update_job(tx, job_id, state, progress, error=error, finished=True)
+            await self.audit.record(tx, actor.entry(project_id, f"{BULK_ACTION}.result", f"job:{job_id}",
+                                                    outcome=outcome, **counts))
+
+        await self.store.write(finish)
 
 
 def _job(job: str | None) -> dict[str, str]:

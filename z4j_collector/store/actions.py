@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from z4j_collector.store.base import SqlStore
+from z4j_collector.store.base import SqlStore, Tx
 
 _json_encode = msgspec.json.Encoder().encode
 
@@ -75,9 +75,10 @@ async def reporting_agents(store: SqlStore, project_id: int, table: str, name: s
     return [(r[0], r[1]) for r in rows if r[1] is not None]
 
 
-async def update_job(store: SqlStore, job_id: str, state: str, progress: dict[str, Any], *,
+async def update_job(db: SqlStore | Tx, job_id: str, state: str, progress: dict[str, Any], *,
                      error: str | None = None, finished: bool = False) -> None:
-    await store.execute(
+    """The job's row (``db``: the store, or a transaction of it)."""
+    await db.execute(
         "UPDATE commands SET state = ?, result = ?, error = ?, dispatched_at = COALESCE(dispatched_at, ?), "
         "finished_at = ? WHERE id = ?",
         (state, _json_encode(progress).decode(), error, time.time(), time.time() if finished else None, job_id),
