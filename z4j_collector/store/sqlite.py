@@ -71,10 +71,10 @@ LIST_INDEXED = ("name", "worker", "queue", "state", "engine")
 """The task list's filters with a (project_id, column, created_at) index, the
 kinds most often rare first."""
 MEMBER_MAX = 100_000
-"""A free text's sparse trigrams matching up to this many tasks (estimated)
-are read whole into a set that the newest-first walk probes by rowid, when
-the text itself is not rare: the walk then reads a row only where the
-trigrams are."""
+"""The tasks a free text's two sparsest trigrams match, up to this many
+(estimated), are read whole into a set that the newest-first walk probes by
+rowid when the text itself is not rare: the walk then reads a row only
+where the trigrams are."""
 HOLDING_SAMPLE = 200
 """Rows of such a set checked against the text, to tell how many tasks hold it."""
 _FOUND = "rowid IN (SELECT value FROM json_each(?))"
@@ -289,8 +289,11 @@ class SqliteStore(TextIndexSql, SqlStore):
         # - every trigram common: the sparse ones (sampled below SPARSE_DENSITY),
         #   intersected ("-42", "424", "242"… of an order id: a handful of
         #   rows in millions);
-        # - too many rows that way: the phrase says whether the text itself is
-        #   rare; when it is not, the newest-first walk fills the page sooner.
+        # - too many rows that way, and the text in many tasks too (a sample
+        #   of the two sparsest trigrams' rows says): the newest-first walk,
+        #   probing the pair's set where it is at most MEMBER_MAX rows;
+        # - else the phrase says whether the text itself is rare; when it is
+        #   not, the newest-first walk fills the page sooner.
         # Without the index, every search walks.
         like, like_params = self.like_condition(text)
         if len(text) < 3 or not await self.has_text_index():
