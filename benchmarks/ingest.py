@@ -306,5 +306,6 @@ def main() -> None:
     for kind, label in (("celery_state", "Celery State"), ("flower_state", "Flower state")):
         print(f"{label:18}{out[kind]['events_per_s']:>10,.0f}  (in memory, nothing persisted)")
 
+
 if __name__ == "__main__":
     main()
