@@ -316,7 +316,8 @@ class SqliteStore(TextIndexSql, SqlStore):
         span = high - low + 1
         ranked = sorted(zip(densities, tokens))
         sparse = [r for r in ranked if r[0] < SPARSE_DENSITY][:SPARSE_TERMS] or ranked[:1]
-        if span * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
+        # (Two or fewer: the same query as the pair's below, asked once there.)
+        if len(sparse) > 2 and span * math.prod(d for d, _ in sparse) <= INDEX_LIST_MAX:
             found = await self._text_rows(" AND ".join(t for _, t in sparse))
             if found is not None:
                 return checked, [found, *like_params]
