@@ -31,13 +31,22 @@ async def until(pilot, predicate: Callable[[], object], what: str, timeout: floa
         await pilot.pause(0.05)
 
 
+LONG_LIVED = {"stream"}
+"""Worker groups that run as long as their screen: a snapshot does not wait for them."""
+
+
 def steady(ready: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
-    """A snapshot's ``run_before``: ``ready(pilot)``, then no blinking cursor
+    """A snapshot's ``run_before``: ``ready(pilot)``, then every question in
+    flight answered (a second page or counts fetch, the role that shows or
+    hides bindings; only the live stream runs on), then no blinking cursor
     (its phase at the screenshot would be chance)."""
     from textual.widgets import Input
 
     async def run_before(pilot) -> None:
         await ready(pilot)
+        await until(pilot, lambda: not [w for w in pilot.app.workers
+                                        if w.is_running and w.group not in LONG_LIVED],
+                    "the screen's requests answered")
         for field in pilot.app.screen.query(Input):
             field.cursor_blink = False
         await pilot.pause()

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from textual.widgets import Input
 
 from tests.support.collector import mint_agent, mint_tokens, module_collector
-from tests.tui.helpers import screen_text, until
+from tests.tui.helpers import screen_text, steady, until
 from z4j_agents.bare import Agent
 from z4j_agents.config import AgentConfig
 from z4j_tui.app import Z4jApp
@@ -116,17 +115,6 @@ async def open_projects(pilot) -> None:
 
 async def login_ready(pilot) -> None:
     await until(pilot, lambda: "log in to http://z4j.example:7400" in screen_text(pilot.app), "the login")
-
-
-def steady(ready):
-    """Then no blinking cursor: its phase at the screenshot would be chance."""
-    async def run_before(pilot) -> None:
-        await ready(pilot)
-        for field in pilot.app.screen.query(Input):
-            field.cursor_blink = False
-        await pilot.pause()
-
-    return run_before
 
 
 SCREENS = {"tasks": tasks_ready, "detail": open_charge, "tree": open_tree, "help": open_help,

@@ -192,7 +192,9 @@ def test_process_workers_report_through_one_connection_and_stop_marks_offline(wo
     consumer = Consumer(side.env(Z4J_HUEY_HEARTBEAT_S="1"), tmp, workers=3, kind="process",
                         label=f"{side.name}-proc").start()
     try:
-        results = [side.task("add")(i, 2) for i in range(30)]
+        # Tasks that take a while: instant ones could all be taken by one
+        # process before its siblings poll again (seen once on CI).
+        results = [side.task("sleep")(0.5) for _ in range(6)] + [side.task("add")(i, 2) for i in range(24)]
         for r in results:
             stack.wait_task(r.id, "success")
         pids = {e["extra"]["pid"] for r in results for e in stack.task(r.id)["events"] if e["kind"] == "started"}
