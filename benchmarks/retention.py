@@ -13,11 +13,12 @@ day: on PostgreSQL by dropping its partition, on SQLite by batched deletes.
 
 Stall: the longest gap between two consecutive commits of new events
 (``task_events.ingested_at``) while the senders were sending; the pass must
-happen inside that window (the old day is counted at the end). At
-saturation the collector commits in big groups, so gaps of a second happen
-with no retention at all; with ``--rate`` the senders offer a steady load
-below saturation, commits come every few tens of milliseconds, and a stall
-shows as it is. Commit lag (commit time minus emit time of each new event,
+happen inside that window (the old day is counted at the end; 1,000,000
+new events by default, so SQLite's batched deletes finish while they are
+sent). At saturation the collector commits groups of up to
+``MAX_GROUP_EVENTS`` (z4j_collector/services/ingest.py), a few per second;
+with ``--rate`` the senders offer a steady load below saturation, commits
+come every few tens of milliseconds, and a stall shows as it is. Commit lag (commit time minus emit time of each new event,
 p99 and max) says the same from the events' side. Each database runs twice:
 without the old day (baseline), then with it.
 """
@@ -123,13 +124,16 @@ def run(db_url: str, workdir: Path, old: int, new: int, senders: int, rate: floa
     return {"old_events": old, "old_left": left, "seeded_s": round(seeded_s, 1), "new_events": len(items),
             "events_per_s": round(len(items) / (t1 - t0)), "commits": len(window),
             "max_stall_ms": round(max(gaps) * 1000, 1) if gaps else None,
+            "slow_gaps": [(round(a - t0, 1), round((b - a) * 1000)) for a, b in zip(window, window[1:])
+                          if b - a > 0.4],
             "lag_p99_ms": round(lags[int(len(lags) * 0.99)] * 1000, 1), "lag_max_ms": round(lags[-1] * 1000, 1)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--old", type=int, default=1_000_000, help="events of the old day (default 1,000,000)")
-    parser.add_argument("--new", type=int, default=300_000, help="events sent during the pass (default 300,000)")
+    parser.add_argument("--new", type=int, default=1_000_000,
+                        help="events sent during the pass (default 1,000,000)")
     parser.add_argument("--senders", type=int, default=1)
     parser.add_argument("--rate", type=float, default=0.0,
                         help="events/s offered, steadily (default 0: as fast as the collector takes them)")
@@ -151,7 +155,8 @@ def main() -> None:
             what = f"{old:,} old events ({gone})" if old else "no old events (baseline)"
             print(f"{kind}: {what} while ingesting {result['new_events']:,} at {result['events_per_s']:,}/s; "
                   f"longest stall between commits {result['max_stall_ms']} ms ({result['commits']} commits); "
-                  f"commit lag p99 {result['lag_p99_ms']} ms, max {result['lag_max_ms']} ms",
+                  f"commit lag p99 {result['lag_p99_ms']} ms, max {result['lag_max_ms']} ms; "
+                  f"gaps over 400 ms (s into the run, ms): {result['slow_gaps']}",
                   flush=True)
 
 

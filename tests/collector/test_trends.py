@@ -225,3 +225,40 @@ def test_retention_deletes_old_rows_and_keeps_new(collector, sent):
     assert _trends(admin, bucket="hour", group_by="name", since=HOUR, until=HOUR + 3600)["groups"]
     rows = admin.get("/api/v1/projects/default/audit", params={"action": "retention.set"}).json()["entries"]
     assert len(rows) == 1 and rows[0]["detail"]["after"] == {"events_days": 2, "tasks_days": 2, "rollups_days": 3}
+
+
+def test_a_flush_of_many_events_lets_the_event_loop_run_between_slices():
+    """At full ingest rate a flush aggregates 150,000 events; in one go that
+    held the loop (and ingest's next commit) for half a second. Another
+    coroutine must get its turns while a flush aggregates."""
+    import asyncio
+
+    from z4j_collector.services.trends import AGGREGATE_SLICE, Trends
+
+    n = AGGREGATE_SLICE * 5
+    events = [p.TaskEvent(id=f"e{i}", task_id=f"t{i}", engine=ENGINE, kind="succeeded", ts=HOUR + i,
+                          name="jobs.fast", queue="default", runtime=0.01) for i in range(n)]
+
+    async def main() -> tuple[int, dict]:
+        turns = 0
+        done = False
+
+        async def other() -> None:
+            nonlocal turns
+            while not done:
+                turns += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(other())
+        await asyncio.sleep(0)
+        before = turns
+        # Every event carries name, queue and runtime: no task row is read.
+        rows = await Trends(store=None)._aggregate([(1, events)])  # type: ignore[arg-type]
+        done = True
+        await ticker
+        return turns - before, rows
+
+    turns, rows = asyncio.run(main())
+    assert turns >= 4, turns
+    minutes = [counts for (_, size, *_), (counts, _, _) in rows.items() if size == "minute"]
+    assert sum(sum(c) for c in minutes) == n

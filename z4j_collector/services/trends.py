@@ -46,6 +46,10 @@ log = logging.getLogger("z4j.collector.trends")
 BUCKETS = {"minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MINUTE_ROLLUP_DAYS = 7
 MAX_PENDING_EVENTS = 1_000_000
+AGGREGATE_SLICE = 1_000
+"""Events aggregated between two yields to the event loop: a flush at full
+ingest rate holds 150,000 events, half a second of Python, and held the
+loop (and so ingest's next commit) that long in one go."""
 _STATE_INDEX = {state: i for i, state in enumerate(ROLLUP_STATES)}
 _KIND_INDEX = {kind: _STATE_INDEX[state] for kind, state in p.KIND_TO_STATE.items()}
 _FINISHED = frozenset({"succeeded", "failed"})
@@ -150,7 +154,9 @@ class Trends:
                     if ev.name is None or ev.queue is None or ev.kind == "started"
                     or (ev.kind in _FINISHED and ev.runtime is None)]
             facts = await self.store.trend_task_facts(project_id, engine, need) if need else {}
-            for ev in events:
+            for n, ev in enumerate(events, 1):
+                if n % AGGREGATE_SLICE == 0:
+                    await asyncio.sleep(0)
                 fact = facts.get(ev.task_id)
                 name = ev.name if ev.name is not None else (fact[0] if fact else None)
                 queue = ev.queue if ev.queue is not None else (fact[1] if fact else None)
