@@ -89,6 +89,12 @@ _INSERT_EVENT_SQL = (
 )
 
 
+def _json_list(values: Sequence[int | str]) -> str:
+    """Values as one JSON array, a statement's single parameter that
+    ``json_each`` reads back (rowids for ``_FOUND``, event ids for ingest)."""
+    return msgspec.json.encode(values).decode()
+
+
 def _fts_phrase(text: str) -> str:
     """``text`` as an FTS5 phrase (quoted, its quotes doubled)."""
     return '"' + text.replace('"', '""') + '"'
@@ -331,9 +337,9 @@ class SqliteStore(TextIndexSql, SqlStore):
         pair = " AND ".join(t for _, t in sparse[:2])
         first = await self._first_rows(pair)
         if len(first) <= INDEX_LIST_MAX:
-            return checked, [msgspec.json.encode(first).decode(), *like_params]
+            return checked, [_json_list(first), *like_params]
         rows = len(first) * span / (first[-1] - low + 1)
-        sample = msgspec.json.encode(first[:HOLDING_SAMPLE]).decode()
+        sample = _json_list(first[:HOLDING_SAMPLE])
         holding = (await self.fetchall(f"SELECT count(*) FROM tasks WHERE {checked}", [sample, *like_params]))[0][0]
         if rows * holding / min(len(first), HOLDING_SAMPLE) > INDEX_LIST_MAX:
             return (f"{_MEMBER} AND {like}", [pair, *like_params]) if rows <= MEMBER_MAX else (like, like_params)
@@ -365,7 +371,7 @@ class SqliteStore(TextIndexSql, SqlStore):
         """The rowids the text index matches for ``query`` (a JSON list), or
         None when there are more than INDEX_LIST_MAX."""
         rows = await self._first_rows(query)
-        return None if len(rows) > INDEX_LIST_MAX else msgspec.json.encode(rows).decode()
+        return None if len(rows) > INDEX_LIST_MAX else _json_list(rows)
 
     async def prefix_condition(self, project_id: int, prefix: str) -> str:
         # SQLite's statistics cannot tell a prefix of a few names from one of
@@ -423,7 +429,7 @@ class SqliteStore(TextIndexSql, SqlStore):
         # event loop that the commit may wait behind.
         found = await tx.fetchall(
             "SELECT id FROM task_events WHERE id IN (SELECT value FROM json_each(?))",
-            (msgspec.json.encode([row[0] for row in rows]).decode(),),
+            (_json_list([row[0] for row in rows]),),
         )
         existing = {r[0] for r in found}
         new_rows = [row for row in rows if row[0] not in existing] if existing else rows
