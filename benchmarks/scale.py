@@ -26,6 +26,13 @@ has several), for the first page (50 tasks, as the console asks) and for a
 page deep in history (a keyset cursor twelve days back). The figure is the
 p95 of the wall time of the HTTP request, client included. Goal (issue 9):
 p95 < 50 ms for every one.
+
+What the OS holds in its page cache matters to SQLite's free text (a
+customer's hundred tasks are a hundred pages across the table, and each
+trigram's list is read from the file): a freshly written database is
+mostly not in it. ``--warm-cache`` measures SQLite twice, as loaded and
+then after reading the file once, as a host with the memory for its
+database holds it.
 """
 
 from __future__ import annotations
@@ -301,7 +308,32 @@ def text_index(db_url: str, on: bool) -> None:
     with_store(db_url, switch)
 
 
-def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed) -> list[dict]:
+def measure_all(client: httpx.Client, kind: str, now: float, start: float, n: int, samples: int) -> list[dict]:
+    """Every filter, first page and deep page: a line each, and the rows."""
+    deep = cursor(now - 12 * DAY)
+    out = []
+    print(f"{kind}: {'filter':32} {'first page p95':>15} {'deep page p95':>15}  rows", flush=True)
+    for label, params in cases(now, start, n):
+        first, rows = measure(client, params, samples, None)
+        deep_ms, deep_rows = measure(client, params, samples, deep)
+        flag = "" if max(first, deep_ms) < 50 else "   over 50 ms"
+        print(f"{kind}: {label:32} {first:12.1f} ms {deep_ms:12.1f} ms  {rows}/{deep_rows}{flag}", flush=True)
+        out.append({"db": kind, "filter": label, "first_p95_ms": round(first, 1),
+                    "deep_p95_ms": round(deep_ms, 1), "rows": rows, "deep_rows": deep_rows})
+    return out
+
+
+def read_through(path: Path) -> float:
+    """Read a file once, start to end (into the OS page cache, as a host
+    with the memory for it holds a database it serves); the seconds it took."""
+    t0 = time.perf_counter()
+    with path.open("rb", buffering=0) as f:
+        while f.read(8 << 20):
+            pass
+    return time.perf_counter() - t0
+
+
+def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed, warm: Path | None = None) -> list[dict]:
     migrate.upgrade(db_url)
     now = time.time()
     start = now - SPAN_DAYS * DAY
@@ -315,16 +347,13 @@ def run(kind: str, db_url: str, workdir: Path, n: int, samples: int, seed) -> li
     out = []
     try:
         token = mint_tokens(collector, "viewer")["viewer"]
-        deep = cursor(now - 12 * DAY)
         with httpx.Client(base_url=collector.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as client:
-            print(f"{kind}: {'filter':32} {'first page p95':>15} {'deep page p95':>15}  rows", flush=True)
-            for label, params in cases(now, start, n):
-                first, rows = measure(client, params, samples, None)
-                deep_ms, deep_rows = measure(client, params, samples, deep)
-                flag = "" if max(first, deep_ms) < 50 else "   over 50 ms"
-                print(f"{kind}: {label:32} {first:12.1f} ms {deep_ms:12.1f} ms  {rows}/{deep_rows}{flag}", flush=True)
-                out.append({"db": kind, "filter": label, "first_p95_ms": round(first, 1),
-                            "deep_p95_ms": round(deep_ms, 1), "rows": rows, "deep_rows": deep_rows})
+            out += measure_all(client, kind, now, start, n, samples)
+            if warm is not None:
+                size = warm.stat().st_size
+                print(f"{kind}: {warm.name} ({size / 1e9:.1f} GB) read once into the OS page cache in "
+                      f"{read_through(warm):.0f} s", flush=True)
+                out += measure_all(client, f"{kind} (in the OS cache)", now, start, n, samples)
             text_index(db_url, False)
             # the collector notices within textindex.RECHECK_S
             time.sleep(32)
@@ -346,6 +375,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--db", choices=("sqlite", "postgres", "both"), default="both")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="SQLite: after the pass as loaded, read the database file once and measure again")
     args = parser.parse_args()
     results = []
     for kind in ("sqlite", "postgres") if args.db == "both" else (args.db,):
@@ -354,7 +385,7 @@ def main() -> None:
             if kind == "sqlite":
                 path = workdir / "z4j.db"
                 results += run(kind, f"sqlite:///{path}", workdir, args.tasks, args.samples,
-                               lambda n, start: seed_sqlite(path, n, start))
+                               lambda n, start: seed_sqlite(path, n, start), path if args.warm_cache else None)
             else:
                 settings = (*ingest.PG_SETTINGS, "maintenance_work_mem = 1GB")
                 with PostgresServer(durable=True, settings=settings) as pg:

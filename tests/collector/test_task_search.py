@@ -155,8 +155,8 @@ async def seed_texts(store, texts: list[str], now: float) -> int:
 def test_a_rare_text_of_common_trigrams_and_a_common_one(db_url, monkeypatch):
     """With the index list capped at 3 rows: a text every trigram of which is common
     ("abc", "bc-", "c-x", "-xy", "xyz" are each in 4 or more tasks) but that one task holds
-    is found (SQLite asks FTS5 for the phrase), and a common text walks; both answers match
-    the walk's."""
+    is found (SQLite asks FTS5 for all its trigrams together and checks the text on what
+    they find), and a common text walks; both answers match the walk's."""
     cap_the_index_list(db_url, monkeypatch)
     now = time.time()
     texts = ["abc-xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
@@ -169,7 +169,7 @@ def test_a_rare_text_of_common_trigrams_and_a_common_one(db_url, monkeypatch):
             answers.append((await ids(store, pid, "abc-xyz"), await ids(store, pid, "-xy"),
                             await ids(store, pid, "abc-xyq")))
         assert answers[0] == answers[1] == (["t-0"], ["t-8", "t-7", "t-6", "t-5", "t-0"], [])
-        if store.dialect == "sqlite":  # the phrase was read from the index, the common text walked
+        if store.dialect == "sqlite":  # the trigrams were read from the index, the common text walked
             assert (await store.search_condition("abc-xyz"))[0].startswith("rowid IN")
             assert "LIKE" in (await store.search_condition("-xy"))[0]
 
@@ -201,16 +201,18 @@ def test_a_rare_text_found_by_its_sparsest_trigrams_is_checked_against_the_text(
     with_store(db_url, run)
 
 
-def test_a_text_in_many_tasks_walks_probing_its_trigrams_set_and_a_rare_one_asks_the_phrase(db_url, monkeypatch):
+def test_a_text_in_many_tasks_walks_probing_its_trigrams_set_and_a_rare_one_asks_them_all(db_url, monkeypatch):
     """With the index list capped at 3 rows: "abc-xyz" is in six tasks, so it
     is not rare; its two sparsest trigrams' set (those six, and "abc-x -xyz", which
     holds every trigram but not the text) is probed by the newest-first walk,
-    and the text checked on what it finds. "abc-xyq" is in one task while its
-    trigrams' set holds five more: the phrase answers. A keyset page goes on
-    where the first ended. Every answer is the walk's without the index."""
+    and the text checked on what it finds. "abc-xyq" is in one task, two more
+    hold all its trigrams and four its rarest ("xyq"): its trigrams together
+    find the three, and the text is checked on them. A keyset page goes on
+    where the first ended. Every answer is the walk's without the index (the
+    index keeps no positions: no phrase is ever asked)."""
     cap_the_index_list(db_url, monkeypatch)
     now = time.time()
-    texts = (["abc-xyz", "abc-x -xyz"] * 3 + ["abc-xyz"] * 3 + ["abc-xyq"] + ["abc-xy -xyq"] * 5
+    texts = (["abc-xyz", "abc-x -xyz"] * 3 + ["abc-xyz"] * 3 + ["abc-xyq"] + ["abc-xy -xyq"] * 2 + ["q-xyq"] * 4
              + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4)
     holding = [f"t-{i}" for i, text in reversed(list(enumerate(texts))) if text == "abc-xyz"]
 
@@ -232,12 +234,43 @@ def test_a_text_in_many_tasks_walks_probing_its_trigrams_set_and_a_rare_one_asks
             pair = params[0].split(" AND ")
             assert "LIKE" in condition and len(pair) <= 2
             assert set(pair) <= {'"abc"', '"bc-"', '"c-x"', '"-xy"', '"xyz"'}
-            condition, params = await store.search_condition("abc-xyq")  # the phrase, exact
-            assert condition == "rowid IN (SELECT value FROM json_each(?))", condition
-            assert json.loads(params[0]) == [r[0] for r in await store.fetchall(
-                "SELECT rowid FROM tasks WHERE task_id = 't-9'")]
+            condition, params = await store.search_condition("abc-xyq")
+            assert condition.startswith("rowid IN (SELECT value FROM json_each(?)) AND (") and "LIKE" in condition
+            assert sorted(json.loads(params[0])) == [r[0] for r in await store.fetchall(
+                "SELECT rowid FROM tasks WHERE task_id IN ('t-9', 't-10', 't-11') ORDER BY rowid")]
 
     with_store(db_url, run)
+
+
+def test_sqlite_index_keeps_no_positions_and_one_built_with_them_answers_the_same(tmp_path, monkeypatch):
+    """SQLite only (PostgreSQL's index is pg_trgm): ``z4j db text-index on``
+    builds the FTS5 table with ``detail=none`` (rowids only), and one built
+    with positions by an older z4j answers every route the same (rare, common,
+    a rare text of common trigrams), with the list capped at 3 rows."""
+    import z4j_collector.store.textindex as textindex
+
+    cap_the_index_list(f"sqlite:///{tmp_path}/a.db", monkeypatch)
+    now = time.time()
+    texts = (["abc-xyz"] + [f"abc-{i}" for i in range(4)] + [f"{i}-xyz" for i in range(4)] + ["zc-xq"] * 4
+             + ["abc-xy -xyq"] * 2 + ["abc-xyq"] + ["q-xyq"] * 4)
+    queries = ("abc-xyz", "-xy", "abc-xyq", "zc-xq", "nowhere")
+
+    async def answers(store):
+        pid = await seed_texts(store, texts, now)
+        walked = [await ids(store, pid, q) for q in queries]
+        await store.set_text_index(True)
+        schema = (await store.fetchall("SELECT sql FROM sqlite_master WHERE name = 'tasks_text'"))[0][0]
+        return walked, [await ids(store, pid, q) for q in queries], schema
+
+    walked, indexed, schema = with_store(f"sqlite:///{tmp_path}/a.db", answers)
+    assert "detail=none" in schema and indexed == walked
+    assert walked[0] == ["t-0"] and walked[2] == ["t-15"] and walked[4] == []
+    old = tuple(sql.replace(", detail=none", "") for sql in textindex._SQLITE_CREATE)
+    assert old != textindex._SQLITE_CREATE
+    monkeypatch.setattr(textindex, "_SQLITE_CREATE", old)
+    migrate.upgrade(f"sqlite:///{tmp_path}/b.db")
+    walked_b, indexed_b, schema_b = with_store(f"sqlite:///{tmp_path}/b.db", answers)
+    assert "detail" not in schema_b and indexed_b == walked_b == walked
 
 
 def test_cli_switches_the_text_index(db_url):

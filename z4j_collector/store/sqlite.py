@@ -95,8 +95,8 @@ def _json_list(values: Sequence[int | str]) -> str:
     return msgspec.json.encode(values).decode()
 
 
-def _fts_phrase(text: str) -> str:
-    """``text`` as an FTS5 phrase (quoted, its quotes doubled)."""
+def _fts_term(text: str) -> str:
+    """``text`` (one trigram) as an FTS5 string (quoted, its quotes doubled)."""
     return '"' + text.replace('"', '""') + '"'
 
 
@@ -285,8 +285,9 @@ class SqliteStore(TextIndexSql, SqlStore):
 
     async def search_condition(self, text: str) -> tuple[str, list[Any]]:
         # The trigram index (z4j db text-index) finds a text of three
-        # characters or more. FTS5 answers a phrase by reading every one of
-        # its trigrams' lists, and a rare text is mostly common trigrams
+        # characters or more, by its trigrams ANDed (the index keeps no
+        # positions: textindex.py). FTS5 answers an AND by reading every one
+        # of its trigrams' lists, and a rare text is mostly common trigrams
         # ("order-4242424": "ord", "rde", … are in every row). So each list
         # is sized first (a count that stops past INDEX_LIST_MAX, and the
         # matches in a few short stretches of the table), and the rows found
@@ -298,14 +299,14 @@ class SqliteStore(TextIndexSql, SqlStore):
         # - too many rows that way, and the text in many tasks too (a sample
         #   of the two sparsest trigrams' rows says): the newest-first walk,
         #   probing the pair's set where it is at most MEMBER_MAX rows;
-        # - else the phrase says whether the text itself is rare; when it is
-        #   not, the newest-first walk fills the page sooner.
+        # - else every trigram ANDed says whether the text itself is rare;
+        #   when it is not, the newest-first walk fills the page sooner.
         # Without the index, every search walks.
         like, like_params = self.like_condition(text)
         if len(text) < 3 or not await self.has_text_index():
             return like, like_params
         # A subset of the trigrams still finds every task holding the text.
-        tokens = [_fts_phrase(t) for t in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2))]
+        tokens = [_fts_term(t) for t in dict.fromkeys(text[i:i + 3] for i in range(len(text) - 2))]
         tokens = tokens[:SEARCH_TRIGRAMS_MAX]
         count = "(SELECT count(*) FROM (SELECT 1 FROM tasks_text WHERE tasks_text MATCH ? LIMIT ?))"
         counts = (await self.fetchall("SELECT " + ", ".join([count] * len(tokens)),
@@ -343,9 +344,9 @@ class SqliteStore(TextIndexSql, SqlStore):
         holding = (await self.fetchall(f"SELECT count(*) FROM tasks WHERE {checked}", [sample, *like_params]))[0][0]
         if rows * holding / min(len(first), HOLDING_SAMPLE) > INDEX_LIST_MAX:
             return (f"{_MEMBER} AND {like}", [pair, *like_params]) if rows <= MEMBER_MAX else (like, like_params)
-        # The text itself may still be rare: the phrase says.
-        found = await self._text_rows(_fts_phrase(text))
-        return (like, like_params) if found is None else (_FOUND, [found])
+        # The text itself may still be rare: all its trigrams together say.
+        found = await self._text_rows(" AND ".join(tokens))
+        return (like, like_params) if found is None else (checked, [found, *like_params])
 
     async def _densities(self, tokens: list[str]) -> tuple[tuple[int, int], list[float]]:
         """The task table's lowest and highest rowid, and each token's share
