@@ -230,7 +230,8 @@ def test_retention_deletes_old_rows_and_keeps_new(collector, sent):
 def test_a_flush_of_many_events_lets_the_event_loop_run_between_slices():
     """At full ingest rate a flush aggregates 150,000 events; in one go that
     held the loop (and ingest's next commit) for half a second. Another
-    coroutine must get its turns while a flush aggregates."""
+    coroutine must get its turns while a flush aggregates, also when the
+    events are spread over many projects, none with a slice of its own."""
     import asyncio
 
     from z4j_collector.services.trends import AGGREGATE_SLICE, Trends
@@ -253,7 +254,8 @@ def test_a_flush_of_many_events_lets_the_event_loop_run_between_slices():
         await asyncio.sleep(0)
         before = turns
         # Every event carries name, queue and runtime: no task row is read.
-        rows = await Trends(store=None)._aggregate([(1, events)])  # type: ignore[arg-type]
+        spread = [(k + 1, events[k::10]) for k in range(10)]
+        rows = await Trends(store=None)._aggregate(spread)  # type: ignore[arg-type]
         done = True
         await ticker
         return turns - before, rows

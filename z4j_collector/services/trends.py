@@ -149,13 +149,15 @@ class Trends:
             for ev in events:
                 by_engine.setdefault((project_id, ev.engine), []).append(ev)
         accs: dict[RollupKey, _Acc] = {}
+        aggregated = 0  # across every (project, engine): many small groups must yield too
         for (project_id, engine), events in by_engine.items():
             need = [ev.task_id for ev in events
                     if ev.name is None or ev.queue is None or ev.kind == "started"
                     or (ev.kind in _FINISHED and ev.runtime is None)]
             facts = await self.store.trend_task_facts(project_id, engine, need) if need else {}
-            for n, ev in enumerate(events, 1):
-                if n % AGGREGATE_SLICE == 0:
+            for ev in events:
+                aggregated += 1
+                if aggregated % AGGREGATE_SLICE == 0:
                     await asyncio.sleep(0)
                 fact = facts.get(ev.task_id)
                 name = ev.name if ev.name is not None else (fact[0] if fact else None)
